@@ -1,0 +1,3 @@
+//! Signaling: the protocol messages and the WebSocket session that carries them.
+
+pub mod message;

@@ -1,0 +1,3 @@
+//! Usage accounting.
+
+pub mod event;
