@@ -151,3 +151,57 @@ fn check_prob(name: &'static str, value: f64) -> Result<(), ConfigError> {
         Err(ConfigError::Probability { name, value })
     }
 }
+
+/// Renders the config in the link-spec syntax that [`super::parse_spec`] reads back.
+impl std::fmt::Display for LinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rate = |bps: Option<u64>| match bps {
+            None => "off".to_string(),
+            Some(b) if b >= 1_000_000 && b.is_multiple_of(1_000_000) => {
+                format!("{}M", b / 1_000_000)
+            }
+            Some(b) if b >= 1_000 && b.is_multiple_of(1_000) => format!("{}k", b / 1_000),
+            Some(b) => b.to_string(),
+        };
+        let steps = self.rate.steps();
+        write!(f, "rate={}", rate(steps.first().and_then(|s| s.bps)))?;
+        for s in steps.iter().skip(1) {
+            write!(f, ",at={}:{}", fmt_duration(s.at), rate(s.bps))?;
+        }
+        write!(
+            f,
+            ",delay={},jitter={}",
+            fmt_duration(self.delay),
+            fmt_duration(self.jitter)
+        )?;
+        write!(f, ",loss={}", self.loss)?;
+        if let Some(g) = &self.gilbert {
+            write!(
+                f,
+                ",ge={}/{}/{}/{}",
+                g.p_gb, g.p_bg, g.loss_bad, g.loss_good
+            )?;
+        }
+        match self.queue {
+            QueueLimit::Bytes(b) => write!(f, ",queue={b}B")?,
+            QueueLimit::Delay(d) => write!(f, ",queue={}", fmt_duration(d))?,
+        }
+        if self.reorder {
+            write!(f, ",reorder")?;
+        }
+        write!(f, ",seed={}", self.seed)
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    let ns = d.as_nanos();
+    if ns >= 1_000_000_000 && ns.is_multiple_of(1_000_000_000) {
+        format!("{}s", ns / 1_000_000_000)
+    } else if ns.is_multiple_of(1_000_000) {
+        format!("{}ms", ns / 1_000_000)
+    } else if ns.is_multiple_of(1_000) {
+        format!("{}us", ns / 1_000)
+    } else {
+        format!("{ns}ns")
+    }
+}

@@ -9,9 +9,11 @@ pub mod jitter;
 pub mod loss;
 pub mod model;
 pub mod profile;
+pub mod relay;
 pub mod rng;
 pub mod schedule;
 pub mod spec;
+pub mod tun;
 
 pub use config::{ConfigError, GilbertElliott, LinkConfig, QueueLimit};
 pub use model::{LinkModel, LinkStats, Verdict};

@@ -101,9 +101,14 @@ fn parse_rate(s: &str) -> Option<Option<u64>> {
 }
 
 fn parse_duration(s: &str) -> Option<Duration> {
-    let (num, mult) = split_suffix(s, &[("us", 1e-6), ("ms", 1e-3), ("s", 1.0)]);
+    let (num, mult) = split_suffix(s, &[("ns", 1e-9), ("us", 1e-6), ("ms", 1e-3), ("s", 1.0)]);
     // A bare number is milliseconds, the natural unit for link delays.
     let mult = if num.len() == s.len() { 1e-3 } else { mult };
+    // Integers go through exact arithmetic so printed specs read back unchanged.
+    if let Ok(n) = num.parse::<u64>() {
+        let nanos = (n as u128).checked_mul((mult * 1e9).round() as u128)?;
+        return u64::try_from(nanos).ok().map(Duration::from_nanos);
+    }
     let v: f64 = num.parse().ok()?;
     Duration::try_from_secs_f64(v * mult).ok()
 }
@@ -181,6 +186,22 @@ mod tests {
             parse_spec("", Direction::Down).unwrap(),
             LinkConfig::default()
         );
+    }
+
+    #[test]
+    fn display_round_trips_through_the_parser() {
+        for name in crate::linkem::profile::NAMES {
+            for dir in [Direction::Down, Direction::Up] {
+                let c = profile(name).unwrap().get(dir).clone();
+                assert_eq!(parse_spec(&c.to_string(), dir).unwrap(), c, "{name}: {c}");
+            }
+        }
+        let odd = parse_spec(
+            "delay=1500us,jitter=7ns,queue=1234B,reorder,rate=off,at=1s:5k",
+            Direction::Up,
+        )
+        .unwrap();
+        assert_eq!(parse_spec(&odd.to_string(), Direction::Up).unwrap(), odd);
     }
 
     #[test]
