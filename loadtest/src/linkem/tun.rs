@@ -25,6 +25,21 @@ pub enum TunError {
     ThreadPanicked,
 }
 
+const TUN_PATH: &str = "/dev/net/tun";
+
+/// Creates the standard TUN character device node (major 10, minor 200).
+fn make_tun_node() -> io::Result<()> {
+    std::fs::create_dir_all("/dev/net")?;
+    let path = CString::new(TUN_PATH).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: valid NUL-terminated path; mknod only creates a filesystem node.
+    let rc = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 200)) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// A layer-3 TUN device (no packet-info header): reads and writes raw IP packets.
 #[derive(Debug)]
 pub struct Tun {
@@ -62,15 +77,24 @@ impl Tun {
         if bytes.len() < 2 || bytes.len() > libc::IFNAMSIZ {
             return Err(TunError::BadName(name.into()));
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(|source| TunError::Io {
-                what: "open /dev/net/tun",
-                source,
-            })?;
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(TUN_PATH)
+        };
+        let file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Minimal containers lack the node although the kernel has TUN.
+                make_tun_node().and_then(|()| open())
+            }
+            other => other,
+        }
+        .map_err(|source| TunError::Io {
+            what: "open /dev/net/tun",
+            source,
+        })?;
         // SAFETY: ifreq is plain data; all-zero is a valid value.
         let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
         for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
