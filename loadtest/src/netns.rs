@@ -16,6 +16,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::linkem::relay::RelayStats;
+
 /// Where `ip netns` keeps its namespace handles.
 pub const NETNS_DIR: &str = "/run/netns";
 /// Prefix of namespaces made by [`LinkPair`]; names are `lkm<pid>x<n><a|b>`.
@@ -257,18 +259,25 @@ impl LinkPairBuilder {
         let b = Netns::create(&format!("{base}b"))?;
         let (addr_a, addr_b) = (Ipv4Addr::new(10, 77, 0, 1), Ipv4Addr::new(10, 77, 0, 2));
         let mut cmd = Command::new(&bin);
-        cmd.args(["--ns-a", a.name(), "--ns-b", b.name(), "--exit-with-parent"])
-            .args([
-                "--addr-a",
-                &addr_a.to_string(),
-                "--addr-b",
-                &addr_b.to_string(),
-            ])
-            .args(["--down", &self.down.join(",")])
-            .args(["--up", &self.up.join(",")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args([
+            "--ns-a",
+            a.name(),
+            "--ns-b",
+            b.name(),
+            "--exit-with-parent",
+            "--quiet",
+        ])
+        .args([
+            "--addr-a",
+            &addr_a.to_string(),
+            "--addr-b",
+            &addr_b.to_string(),
+        ])
+        .args(["--down", &self.down.join(",")])
+        .args(["--up", &self.up.join(",")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         if self.realtime {
             cmd.arg("--realtime");
         }
@@ -279,6 +288,7 @@ impl LinkPairBuilder {
         // From here on the guard owns everything, so any failure below cleans up.
         let mut pair = LinkPair {
             relay: None,
+            output: None,
             b,
             a,
             addr_a,
@@ -288,13 +298,14 @@ impl LinkPairBuilder {
         pair.relay = Some(child);
         let (tx, rx) = mpsc::channel();
         if let Some(out) = stdout {
-            std::thread::spawn(move || {
+            pair.output = Some(std::thread::spawn(move || {
                 let mut lines = BufReader::new(out).lines();
                 let first = lines.next();
                 let _ = tx.send(first.and_then(Result::ok));
-                // Keep draining so the relay never blocks on a full pipe.
-                for _ in lines {}
-            });
+                // Keep draining so the relay never blocks on a full pipe; the
+                // statistics come last, at exit.
+                lines.map_while(Result::ok).collect()
+            }));
         }
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Some(line)) if line.starts_with("linkem ready") => Ok(pair),
@@ -314,6 +325,8 @@ impl LinkPairBuilder {
 #[derive(Debug)]
 pub struct LinkPair {
     relay: Option<Child>,
+    /// Reader of the relay's stdout; yields the lines after `linkem ready`.
+    output: Option<JoinHandle<Vec<String>>>,
     // Field order: namespaces are deleted after the relay is stopped (see Drop).
     a: Netns,
     b: Netns,
@@ -347,6 +360,14 @@ impl LinkPair {
         self.relay
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Stops the relay and returns its packet counters (`None` if it died
+    /// without reporting). Dropping the pair does the same silently.
+    pub fn stop(mut self) -> Option<RelayStats> {
+        self.stop_relay();
+        let lines = self.output.take()?.join().ok()?;
+        RelayStats::parse(lines.iter().map(String::as_str))
     }
 
     fn stop_relay(&mut self) {

@@ -251,6 +251,15 @@ fn random_loss_matches_setting() {
         sent as usize - unique.len(),
         loss * 100.0
     );
+    let stats = pair.stop().expect("relay statistics");
+    // Attribute any discrepancy: host drops before or after the emulator
+    // would make this a measurement of the host, not of the link.
+    assert_eq!(stats.down.packets_in, sent, "packets lost before the relay");
+    assert_eq!(
+        stats.down.delivered,
+        got.len() as u64,
+        "packets lost after the relay"
+    );
     assert!(within(loss, 0.10, 0.10), "loss {loss} vs 0.10");
 }
 

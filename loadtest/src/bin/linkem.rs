@@ -66,6 +66,9 @@ struct Args {
     /// SCHED_FIFO priority for steadier timing on a loaded host.
     #[arg(long)]
     realtime: bool,
+    /// No human-readable summary on stderr at exit (stats still go to stdout).
+    #[arg(long)]
+    quiet: bool,
     /// Print the profiles and exit.
     #[arg(long)]
     list_profiles: bool,
@@ -177,9 +180,14 @@ fn main() -> anyhow::Result<()> {
     let result = relay.run(&STOP, keep_going);
 
     let s = relay.stats();
+    // Machine-readable for LinkPair::stop, human-readable for people.
+    let _ = writeln!(out, "{}", s.to_lines());
+    let _ = out.flush();
     let mut err = std::io::stderr();
-    let _ = writeln!(err, "{}", summary("down", &s.down));
-    let _ = writeln!(err, "{}", summary("up", &s.up));
+    if !args.quiet {
+        let _ = writeln!(err, "{}", summary("down", &s.down));
+        let _ = writeln!(err, "{}", summary("up", &s.up));
+    }
     if s.write_errors > 0 {
         let _ = writeln!(
             err,

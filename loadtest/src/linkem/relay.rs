@@ -234,3 +234,83 @@ fn release(model: &mut LinkModel<Vec<u8>>, out: &Tun, now: Instant) -> u64 {
     }
     errors
 }
+
+/// Prefix of the machine-readable statistics lines the binary prints at exit.
+pub const STATS_PREFIX: &str = "linkem stats";
+
+impl RelayStats {
+    /// One `linkem stats <dir> key=value ...` line per direction.
+    pub fn to_lines(&self) -> String {
+        let line = |dir: &str, s: &LinkStats| {
+            format!(
+                "{STATS_PREFIX} {dir} packets_in={} bytes_in={} queue_drops={} lost={} delivered={} bytes_delivered={} max_queue_bytes={} write_errors={}",
+                s.packets_in, s.bytes_in, s.queue_drops, s.lost, s.delivered, s.bytes_delivered,
+                s.max_queue_bytes, self.write_errors
+            )
+        };
+        format!("{}\n{}", line("down", &self.down), line("up", &self.up))
+    }
+
+    /// Reads back [`to_lines`](Self::to_lines) output; `None` unless both directions parse.
+    pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Option<RelayStats> {
+        let mut out = RelayStats::default();
+        let (mut down, mut up) = (false, false);
+        for line in lines {
+            let Some(rest) = line.strip_prefix(STATS_PREFIX) else {
+                continue;
+            };
+            let mut words = rest.split_whitespace();
+            let (dir, seen) = match words.next()? {
+                "down" => (&mut out.down, &mut down),
+                "up" => (&mut out.up, &mut up),
+                _ => return None,
+            };
+            for kv in words {
+                let (k, v) = kv.split_once('=')?;
+                let v: u64 = v.parse().ok()?;
+                match k {
+                    "packets_in" => dir.packets_in = v,
+                    "bytes_in" => dir.bytes_in = v,
+                    "queue_drops" => dir.queue_drops = v,
+                    "lost" => dir.lost = v,
+                    "delivered" => dir.delivered = v,
+                    "bytes_delivered" => dir.bytes_delivered = v,
+                    "max_queue_bytes" => dir.max_queue_bytes = usize::try_from(v).ok()?,
+                    "write_errors" => out.write_errors = v,
+                    _ => {}
+                }
+            }
+            *seen = true;
+        }
+        (down && up).then_some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_lines_round_trip() {
+        let s = RelayStats {
+            down: LinkStats {
+                packets_in: 10,
+                bytes_in: 1000,
+                queue_drops: 1,
+                lost: 2,
+                delivered: 7,
+                bytes_delivered: 700,
+                max_queue_bytes: 300,
+            },
+            up: LinkStats {
+                packets_in: 3,
+                ..Default::default()
+            },
+            write_errors: 4,
+        };
+        let text = format!("linkem ready x\n{}\n", s.to_lines());
+        assert_eq!(RelayStats::parse(text.lines()), Some(s));
+        assert_eq!(RelayStats::parse(["linkem stats down lost=1"]), None);
+        assert_eq!(RelayStats::parse(["linkem stats sideways lost=1"]), None);
+    }
+}
