@@ -172,10 +172,23 @@ pub fn cleanup_stale() {
         let Some(pid) = stale_owner(&name) else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if !process_alive(pid) {
             let _ = ip(&["netns", "del", &name]);
         }
     }
+}
+
+/// False for missing and zombie processes (a killed test runner may linger as
+/// a zombie until reaped).
+fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Format: "pid (comm) S ..."; comm may contain spaces, so split after the last ')'.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
 }
 
 /// PID encoded in a [`LinkPair`] namespace name, if `name` is one.
@@ -410,6 +423,13 @@ mod tests {
         assert_eq!(stale_owner("lkmx0a"), None);
         assert_eq!(stale_owner("other1234x0a"), None);
         assert_eq!(stale_owner("lkm12y4x0a"), None);
+    }
+
+    #[test]
+    fn liveness_of_self_and_of_an_unused_pid() {
+        assert!(process_alive(std::process::id()));
+        // Above the kernel's PID_MAX_LIMIT (4 194 304), so never a live process.
+        assert!(!process_alive(4_194_305));
     }
 
     #[test]
