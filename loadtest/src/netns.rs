@@ -28,19 +28,19 @@ pub const NAME_PREFIX: &str = "lkm";
 pub enum NetnsError {
     #[error("invalid namespace name {0:?}")]
     BadName(String),
-    #[error("open namespace {name}: {source}")]
+    #[error("open namespace {name}")]
     Open {
         name: String,
         #[source]
         source: io::Error,
     },
-    #[error("setns into {name}: {source}")]
+    #[error("setns into {name}")]
     Setns {
         name: String,
         #[source]
         source: io::Error,
     },
-    #[error("run `{cmd}`: {source}")]
+    #[error("run `{cmd}`")]
     Spawn {
         cmd: String,
         #[source]

@@ -28,7 +28,7 @@ pub enum RelayError {
     Tun(#[from] TunError),
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: &'static str,
         #[source]

@@ -15,7 +15,7 @@ pub enum TunError {
     BadName(String),
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: &'static str,
         #[source]
