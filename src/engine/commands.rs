@@ -122,6 +122,7 @@ impl Engine {
                         invites: started.invites,
                     },
                 );
+                self.lesson_changed(&started.lesson_id);
                 Ok(())
             }
             ClientMessage::Offer { sdp, sources } => {
@@ -230,22 +231,21 @@ impl Engine {
         let addr = self.conns.get(&id).map(|c| c.addr).ok_or_else(no_lesson)?;
         let (lesson_id, classroom_id, rejoin_token) = match (token, code) {
             (Some(token), None) => {
-                let claims = self
-                    .key
-                    .verify(&token, now_unix())
-                    .map_err(|e| refuse(ErrorCode::BadToken, format!("{e}")))
-                    .inspect_err(|_| self.close_after_error(id))?;
+                let claims = match self.key.verify(&token, now_unix()) {
+                    Ok(c) => c,
+                    Err(e) => return self.refuse_join(id, ErrorCode::BadToken, e.to_string()),
+                };
                 match claims {
                     Claims::Teacher { classroom, .. } => return self.join_teacher(id, classroom),
                     Claims::Classroom {
                         lesson, classroom, ..
                     } => (lesson, classroom, None),
                     Claims::Admin { .. } => {
-                        self.close_after_error(id);
-                        return Err(refuse(
+                        return self.refuse_join(
+                            id,
                             ErrorCode::Forbidden,
                             "admin tokens cannot join lessons",
-                        ));
+                        )
                     }
                 }
             }
@@ -270,15 +270,10 @@ impl Engine {
             }
         };
         let Some(lesson) = self.registry.get_mut(&lesson_id) else {
-            self.close_after_error(id);
-            return Err(refuse(ErrorCode::NoLesson, "this lesson has ended"));
+            return self.refuse_join(id, ErrorCode::NoLesson, "this lesson has ended");
         };
         if !lesson.is_invited(&classroom_id) {
-            self.close_after_error(id);
-            return Err(refuse(
-                ErrorCode::Forbidden,
-                "this classroom is not invited",
-            ));
+            return self.refuse_join(id, ErrorCode::Forbidden, "this classroom is not invited");
         }
         let replaced = lesson.present.insert(classroom_id.clone(), id);
         if let Some(old) = replaced {
@@ -320,11 +315,7 @@ impl Engine {
 
     fn join_teacher(&mut self, id: ConnId, classroom: String) -> Result<(), Refusal> {
         let Some(room) = self.dir.classroom(&classroom) else {
-            self.close_after_error(id);
-            return Err(refuse(
-                ErrorCode::UnknownClassroom,
-                "unknown host classroom",
-            ));
+            return self.refuse_join(id, ErrorCode::UnknownClassroom, "unknown host classroom");
         };
         let name = room.name.clone();
         if let Some(conn) = self.conns.get_mut(&id) {
@@ -382,6 +373,9 @@ impl Engine {
                 rejoin_token: None,
             },
         );
+        if let Some(lesson_id) = live {
+            self.lesson_changed(&lesson_id);
+        }
         Ok(())
     }
 
@@ -403,7 +397,6 @@ impl Engine {
             classroom_id: host,
             at: unix_millis(),
         });
-        self.lesson_changed(lesson_id);
     }
 
     pub(crate) fn start_lesson(
@@ -484,15 +477,22 @@ impl Engine {
         }
     }
 
-    fn close_after_error(&mut self, id: ConnId) {
+    /// A join that can never succeed on this connection: a fatal error, then close.
+    fn refuse_join(
+        &mut self,
+        id: ConnId,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Result<(), Refusal> {
+        self.metrics
+            .signaling_errors
+            .with_label_values(&[code.as_str()])
+            .inc();
+        self.send(id, ServerMessage::fatal(code, message));
         if let Some(c) = self.conns.get(&id) {
-            // The error message itself is queued by the caller before this Close is read.
-            let outbox = c.outbox.clone();
-            tokio::spawn(async move {
-                tokio::task::yield_now().await;
-                let _ = outbox.send(Outbound::Close).await;
-            });
+            let _ = c.outbox.try_send(Outbound::Close);
         }
+        Ok(())
     }
 
     /// Forgets a connection: leaves its lesson, drops its peer, reroutes the others.
