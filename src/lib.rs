@@ -10,6 +10,7 @@
 //! - [`auth`], [`directory`], [`config`]: tokens, the school directory, settings.
 
 pub mod auth;
+pub mod bwe;
 pub mod directory;
 pub mod signal;
 pub mod usage;
