@@ -659,6 +659,44 @@ mod tests {
     }
 
     #[test]
+    fn no_higher_layer_while_a_track_lacks_its_lowest_at_full_rate() {
+        // Courseware's h costs only 20k more, the camera's full rate 70k; 50k is left after the TL0s.
+        let tracks = vec![
+            audio(AUDIO, 32_000, 0.0),
+            video(
+                SCREEN,
+                Priority::Screen,
+                &[(100_000, None), (120_000, None)],
+                1,
+            ),
+            video(
+                CAMERA,
+                Priority::TeacherCamera,
+                &[(150_000, Some(80_000))],
+                0,
+            ),
+        ];
+        let budget = 32_000 + 100_000 + 80_000 + 50_000;
+        let a = allocate(
+            (budget as f64 / 0.9).ceil() as u64,
+            &tracks,
+            &Tuning::default(),
+        );
+        assert_eq!(
+            choice_of(&a, CAMERA),
+            Some(LayerChoice {
+                layer: 0,
+                full_frame_rate: false
+            })
+        );
+        assert_eq!(
+            choice_of(&a, SCREEN),
+            Some(full(0)),
+            "h would come before the camera's base"
+        );
+    }
+
+    #[test]
     fn caps_and_missing_layers() {
         let tuning = Tuning::default();
         let mut tracks = lesson();

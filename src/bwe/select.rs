@@ -184,14 +184,15 @@ impl LayerSelector {
         }
     }
 
-    /// When [`Self::handle_timeout`] has something to do: a hold ending or a keyframe retry due.
+    /// When [`Self::handle_timeout`] has something to do: a hold ending, or a keyframe request due
+    /// (at once after a new target, then every keyframe interval while the switch waits).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let hold_end = self.rise.map(|r| r.since + r.hold);
-        let retry = self
-            .waiting_since
-            .and(self.last_keyframe_request)
-            .map(|t| t + self.keyframe_interval);
-        match (hold_end, retry) {
+        let keyframe_due = self.waiting_since.map(|since| {
+            self.last_keyframe_request
+                .map_or(since, |at| at + self.keyframe_interval)
+        });
+        match (hold_end, keyframe_due) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -379,6 +380,11 @@ mod tests {
         }
     }
 
+    /// When the rise being held would end.
+    fn hold_end(s: &LayerSelector) -> Option<Instant> {
+        s.rise.map(|r| r.since + r.hold)
+    }
+
     /// A selector flowing on `layer` (allocation applied, keyframe seen) at `t0`.
     fn flowing(t0: Instant, layer: u8) -> LayerSelector {
         let mut s = LayerSelector::new(2, &Tuning::default());
@@ -485,7 +491,7 @@ mod tests {
         let back = t0 + ms(1_000);
         s.on_allocation(back, full(0));
         let hold = tuning.up_hold * 2; // one recent down-step
-        assert_eq!(s.poll_timeout(), Some(back + hold));
+        assert_eq!(hold_end(&s), Some(back + hold));
         s.handle_timeout(back + hold - ms(1));
         assert_eq!(s.target(), None);
         s.handle_timeout(back + hold);
@@ -521,7 +527,7 @@ mod tests {
         s.on_allocation(t0 + up_hold - ms(1), full(0));
         s.on_allocation(t0 + up_hold, full(1));
         assert_eq!(s.target(), full(0));
-        assert_eq!(s.poll_timeout(), Some(t0 + up_hold * 2));
+        assert_eq!(hold_end(&s), Some(t0 + up_hold * 2));
     }
 
     #[test]
@@ -536,7 +542,7 @@ mod tests {
             s.on_allocation(now, full(0)); // down
             now += ms(100);
             s.on_allocation(now, full(2)); // back up: how long does the climb wait?
-            let hold = s.poll_timeout().expect("rise held") - now;
+            let hold = hold_end(&s).expect("rise held") - now;
             holds.push(hold);
             s.handle_timeout(now + hold - ms(1));
             assert_eq!(s.target(), full(0));
@@ -551,7 +557,32 @@ mod tests {
         s.on_allocation(now, full(0));
         now += ms(100);
         s.on_allocation(now, full(2));
-        assert_eq!(s.poll_timeout(), Some(now + tuning.up_hold * 2));
+        assert_eq!(hold_end(&s), Some(now + tuning.up_hold * 2));
+    }
+
+    #[test]
+    fn poll_timeout_covers_keyframe_requests_and_holds() {
+        let t0 = Instant::now();
+        let tuning = Tuning::default();
+        let mut s = flowing(t0, 0);
+        assert_eq!(s.poll_timeout(), None, "settled: nothing to wake up for");
+        s.on_allocation(t0 + ms(100), full(1));
+        assert_eq!(s.poll_timeout(), Some(t0 + ms(100) + tuning.up_hold));
+        s.handle_timeout(t0 + ms(100) + tuning.up_hold);
+        let switch_at = t0 + ms(100) + tuning.up_hold;
+        assert_eq!(
+            s.poll_timeout(),
+            Some(switch_at),
+            "request the keyframe now"
+        );
+        assert!(s.keyframe_request(switch_at).is_some());
+        assert_eq!(
+            s.poll_timeout(),
+            Some(switch_at + tuning.keyframe_interval),
+            "retry"
+        );
+        s.on_frame(key(1));
+        assert_eq!(s.poll_timeout(), None);
     }
 
     #[test]
@@ -563,17 +594,14 @@ mod tests {
         s.on_allocation(t0 + ms(10), full(2));
         assert_eq!(s.target(), full(1));
         assert_eq!(
-            s.poll_timeout(),
+            hold_end(&s),
             None,
             "an allocation above the cap is not a rise"
         );
         assert_eq!(s.recent_down_steps, 0, "a cap is not congestion");
         s.set_max(t0 + ms(20), 2);
         s.on_allocation(t0 + ms(20), full(2));
-        assert_eq!(
-            s.poll_timeout(),
-            Some(t0 + ms(20) + Tuning::default().up_hold)
-        );
+        assert_eq!(hold_end(&s), Some(t0 + ms(20) + Tuning::default().up_hold));
     }
 
     #[test]
@@ -605,7 +633,7 @@ mod tests {
         // Allocation returns to full rate; after the hold the cap lifts, but only at sync points.
         s.handle_timeout(t0 + ms(100));
         s.on_allocation(t0 + ms(200), full(0));
-        s.handle_timeout(s.poll_timeout().unwrap());
+        s.handle_timeout(hold_end(&s).unwrap());
         assert_eq!(s.target(), full(0));
         assert!(
             !s.on_frame(delta(0, 2)).forward,
@@ -629,7 +657,7 @@ mod tests {
         s.on_allocation(t0 + ms(99_000), TL0_ONLY);
         assert_eq!(forwarded(&mut s), vec![0, 0]);
         s.on_allocation(t0 + ms(99_100), full(0));
-        s.handle_timeout(s.poll_timeout().unwrap());
+        s.handle_timeout(hold_end(&s).unwrap());
         assert!(!s.on_frame(delta(0, 1)).forward);
         assert!(s.on_frame(key(0)).forward);
         assert_eq!(forwarded(&mut s), vec![0, 2, 1, 2, 0, 2, 1, 2]);
