@@ -4,7 +4,7 @@
 //! with it. Nothing here reads the clock or touches a socket: `now` comes in, decisions go out.
 //!
 //! - [`rates`]: per-layer bitrates of a publisher's simulcast layers, measured from the frames it sends.
-//! - [`allocate`]: split one subscriber's estimate across its tracks by priority.
+//! - [`allocate()`]: split one subscriber's estimate across its tracks by priority.
 //! - [`select`]: per (subscriber, video track) layer selector: max / target / current, with hysteresis.
 //! - [`keyframe`]: keyframe requests throttled and shared across subscribers of a publisher layer.
 //!

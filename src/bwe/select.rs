@@ -146,7 +146,7 @@ impl LayerSelector {
         }
     }
 
-    /// Take this track's allocation from the latest [`super::allocate`] run.
+    /// Take this track's allocation from the latest [`super::allocate()`] run.
     pub fn on_allocation(&mut self, now: Instant, allocated: Option<LayerChoice>) {
         let allocated = allocated.map(|c| self.clamp(c));
         let first = self.allocated.is_none();
