@@ -11,6 +11,7 @@
 //!   and assembly of a running server.
 
 pub mod auth;
+pub mod bwe;
 pub mod directory;
 pub mod engine;
 pub mod http;
