@@ -54,6 +54,18 @@ struct ServeArgs {
     /// Do not start the demo lesson.
     #[arg(long)]
     no_demo: bool,
+    /// Comparison baseline only: no bandwidth estimate, every subscriber gets the top layer.
+    #[arg(long)]
+    no_adaptation: bool,
+    /// Where a new peer's bandwidth estimate starts, kbit/s.
+    #[arg(long, default_value_t = server::DEFAULT_INITIAL_ESTIMATE_BPS / 1000)]
+    initial_estimate_kbps: u64,
+    /// Seconds a higher allocation must hold before a subscriber steps up a layer.
+    #[arg(long, default_value_t = 3.0)]
+    up_hold_secs: f64,
+    /// Fraction of the estimate handed out (the rest absorbs retransmissions and keyframes).
+    #[arg(long, default_value_t = 0.9)]
+    headroom: f64,
 }
 
 fn load_directory(path: Option<&PathBuf>) -> anyhow::Result<Directory> {
@@ -102,6 +114,13 @@ async fn main() -> anyhow::Result<()> {
                 data_dir: Some(args.data_dir),
                 directory: load_directory(args.directory.as_ref())?,
                 demo: !args.no_demo,
+                tuning: tongbu::bwe::Tuning {
+                    headroom: args.headroom.clamp(0.1, 1.0),
+                    up_hold: std::time::Duration::from_secs_f64(args.up_hold_secs.clamp(0.0, 60.0)),
+                    ..Default::default()
+                },
+                adaptation: !args.no_adaptation,
+                initial_estimate_bps: args.initial_estimate_kbps.max(50) * 1000,
             };
             let running = server::start(cfg).await?;
             let base = running.base_url();

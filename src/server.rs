@@ -14,6 +14,10 @@ use crate::engine::{self, EngineConfig, EngineHandle};
 use crate::metrics::Metrics;
 use crate::signal::message::Invite;
 
+/// A new peer's estimate starts here: audio plus the lowest video layers, modest enough for a
+/// village link; probing finds more within seconds.
+pub const DEFAULT_INITIAL_ESTIMATE_BPS: u64 = 500_000;
+
 /// How long the demo teacher link printed at startup stays valid.
 const DEMO_TEACHER_TOKEN_SECS: i64 = 30 * 24 * 3600;
 
@@ -27,6 +31,11 @@ pub struct ServerConfig {
     pub directory: Directory,
     /// Start a demo lesson hosted by the directory's first central-school classroom.
     pub demo: bool,
+    pub tuning: crate::bwe::Tuning,
+    /// `false`: no estimate, always the top layer (the comparison baseline).
+    pub adaptation: bool,
+    /// Where each new peer's bandwidth estimate starts, bits per second.
+    pub initial_estimate_bps: u64,
 }
 
 impl ServerConfig {
@@ -39,6 +48,9 @@ impl ServerConfig {
             data_dir: None,
             directory: Directory::demo(),
             demo: true,
+            tuning: crate::bwe::Tuning::default(),
+            adaptation: true,
+            initial_estimate_bps: DEFAULT_INITIAL_ESTIMATE_BPS,
         }
     }
 }
@@ -126,6 +138,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         directory: directory.clone(),
         usage: usage_tx,
         metrics: metrics.clone(),
+        tuning: cfg.tuning.clone(),
+        adaptation: cfg.adaptation,
+        initial_estimate_bps: cfg.initial_estimate_bps,
     })
     .await?;
     let listener = TcpListener::bind(cfg.http)

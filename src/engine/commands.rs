@@ -17,10 +17,6 @@ use crate::usage::event::UsageEvent;
 use super::{host_candidates, Command, Conn, Engine, EngineSnapshot, Joined, Outbound, PeerTotals};
 use super::{StartedLesson, OUTBOX_CAPACITY};
 
-/// The estimate a new peer starts from: enough for audio and the lowest video layers, modest
-/// enough for a village link.
-const INITIAL_ESTIMATE_KBPS: u64 = 500;
-
 type Refusal = (ErrorCode, String);
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
@@ -208,7 +204,7 @@ impl Engine {
                 if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
                     peer.max_layer = layer;
                 }
-                self.update_layer_targets(id);
+                self.reallocate(id, now);
                 Ok(())
             }
             ClientMessage::EndLesson => {
@@ -542,7 +538,9 @@ impl Engine {
         };
         peer.rtc.disconnect();
         self.by_remote.retain(|_, c| *c != id);
-        self.keyframes.forget(id);
+        for track in &peer.published {
+            self.keyframes.forget_track(track.id);
+        }
         let published: Vec<_> = peer.published.iter().map(|p| p.mid).collect();
         let others: Vec<ConnId> = self.conns.keys().copied().filter(|c| *c != id).collect();
         for other in others {
@@ -570,15 +568,20 @@ impl Engine {
     ) -> Result<(), Refusal> {
         let lesson_id = lesson_of(joined)?;
         let candidates = host_candidates(&self.candidates);
+        // Baseline mode runs without an estimator: no probing, no padding.
+        let bwe = self
+            .adaptation
+            .then(|| Bitrate::bps(self.initial_estimate_bps));
         let conn = self.conns.get_mut(&id).ok_or_else(no_lesson)?;
         let is_new = conn.peer.is_none();
         let peer = conn.peer.get_or_insert_with(|| {
             let mut rtc = Rtc::builder()
                 .set_ice_lite(true)
                 .clear_codecs()
-                .enable_opus(true, false)
+                // RED is negotiated so it can be switched on where the link loses audio.
+                .enable_opus(true, true)
                 .enable_vp8(true)
-                .enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)))
+                .enable_bwe(bwe)
                 .set_stats_interval(Some(std::time::Duration::from_secs(1)))
                 .build(now);
             for c in candidates {

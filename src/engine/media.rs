@@ -1,25 +1,21 @@
 //! The forwarding path: published tracks appear, frames fan out to subscribers, keyframe
-//! requests go back to publishers, estimates move layer targets. Runs per frame: no locks, no
-//! logging, and no allocation beyond what str0m itself needs.
+//! requests go back to publishers. Runs per frame: no locks, no logging, and no allocation beyond
+//! what str0m itself needs.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
-use str0m::bwe::BweKind;
-use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaAdded, MediaData, Rid};
+use str0m::media::{
+    Direction, KeyframeRequest, KeyframeRequestKind, MediaAdded, MediaData, Mid, Rid,
+};
 use str0m::media::{MediaKind as StrMediaKind, MediaTime};
 
-use crate::media::forward::Decision;
-use crate::media::peer::{Published, Subscribed, TrackKey};
-use crate::signal::message::{LayerChoice, MediaKind, Role};
+use crate::bwe::{FrameInfo, LayerRates, MAX_LAYERS};
+use crate::media::peer::{Published, TrackKey};
+use crate::signal::message::MediaKind;
 use crate::signal::ConnId;
-use crate::usage::event::{QualityLevel, UsageEvent};
 
-use super::Engine;
-
-/// Auto layer choice thresholds for the estimate towards a subscriber (bits per second): at
-/// least this much for the middle and the top layer of a three-layer track.
-const AUTO_MIDDLE_BPS: u64 = 700_000;
-const AUTO_TOP_BPS: u64 = 1_700_000;
+use super::{Conn, Engine};
 
 /// Orders simulcast rids lowest first: our pages and most clients use q/h/f.
 fn rid_rank(rid: &Rid) -> usize {
@@ -31,34 +27,11 @@ fn rid_rank(rid: &Rid) -> usize {
     }
 }
 
-/// The layer a subscriber should get: the subscriber's cap, and for `auto` the estimate.
-/// Classroom thumbnails at the teacher stay on the lowest layer unless called on.
-pub(crate) fn target_layer(
-    max: LayerChoice,
-    estimate_bps: Option<u64>,
-    layer_count: usize,
-    thumbnail: bool,
-) -> usize {
-    let top = layer_count.saturating_sub(1);
-    let auto = || {
-        if thumbnail {
-            return 0;
-        }
-        let est = estimate_bps.unwrap_or(0);
-        let wanted = if est >= AUTO_TOP_BPS {
-            2
-        } else if est >= AUTO_MIDDLE_BPS {
-            1
-        } else {
-            0
-        };
-        wanted.min(top)
-    };
-    match max {
-        LayerChoice::Auto => auto(),
-        LayerChoice::Low => 0,
-        LayerChoice::Medium => 1.min(top),
-        LayerChoice::High => top,
+/// Temporal layer, layer-sync bit and keyframe flag of a frame, from its codec details.
+fn frame_details(data: &MediaData) -> (Option<u8>, bool) {
+    match data.codec_extra {
+        str0m::format::CodecExtra::Vp8(vp8) => (Some(vp8.layer_index), vp8.sync),
+        _ => (None, false),
     }
 }
 
@@ -68,6 +41,8 @@ impl Engine {
         if !matches!(added.direction, Direction::RecvOnly | Direction::SendRecv) {
             return;
         }
+        self.next_track_id += 1;
+        let track_id = self.next_track_id;
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -90,13 +65,18 @@ impl Engine {
         if layers.is_empty() {
             layers.push(None);
         }
+        // More layers than the allocator measures would never be chosen; keep the lowest ones.
+        layers.truncate(MAX_LAYERS);
         let source = peer.announced_source(added.mid, kind);
         peer.published.retain(|p| p.mid != added.mid);
         peer.published.push(Published {
+            id: track_id,
             mid: added.mid,
             kind,
             source,
+            active: vec![true; layers.len()],
             layers,
+            rates: LayerRates::new(&self.tuning),
         });
         if let Some(lesson_id) = lesson_id {
             self.schedule_reroute(&lesson_id);
@@ -113,7 +93,26 @@ impl Engine {
             metrics,
             ..
         } = self;
-        let Some(pub_conn) = conns.get(&publisher) else {
+        let (temporal, layer_sync) = frame_details(&data);
+        let keyframe = data.is_keyframe();
+        let Some(pub_conn) = conns.get_mut(&publisher) else {
+            return;
+        };
+        let publisher_rtt = pub_conn
+            .peer
+            .as_ref()
+            .and_then(|p| p.rtt)
+            .unwrap_or_default();
+        let Some((track_id, layer, is_video)) = pub_conn
+            .peer
+            .as_mut()
+            .and_then(|p| p.published.iter_mut().find(|t| t.mid == data.mid))
+            .map(|t| {
+                let layer = t.layers.iter().position(|r| *r == data.rid).unwrap_or(0) as u8;
+                t.rates.on_media(now, layer, temporal, data.data.len());
+                (t.id, layer, t.kind == MediaKind::Video)
+            })
+        else {
             return;
         };
         let Some(lesson) = pub_conn
@@ -124,29 +123,29 @@ impl Engine {
         else {
             return;
         };
-        let Some((layer, is_video)) = pub_conn
-            .peer
-            .as_ref()
-            .and_then(|p| p.published.iter().find(|t| t.mid == data.mid))
-            .map(|t| {
-                let layer = t.layers.iter().position(|r| *r == data.rid).unwrap_or(0);
-                (layer, t.kind == MediaKind::Video)
-            })
-        else {
-            return;
-        };
+        metrics.frames_in.inc();
+        if is_video && keyframe {
+            keyframes.on_keyframe(now, track_id, layer);
+        }
+        // Layers some subscriber needs a keyframe of, as a bitmask.
+        let mut wanted_keyframes: u8 = 0;
+        if is_video
+            && !data.contiguous
+            && keyframes.request(now, track_id, layer, now, publisher_rtt)
+        {
+            // Frames were lost upstream: this layer needs a fresh keyframe to decode again.
+            wanted_keyframes |= 1 << layer;
+        }
         let key = TrackKey {
             publisher,
             mid: data.mid,
         };
-        let is_keyframe = data.is_keyframe();
-        metrics.frames_in.inc();
-        // Layers some subscriber waits to switch to, as a bitmask (at most a handful of layers).
-        let mut awaited: u32 = 0;
-        if is_video && !data.contiguous {
-            // Frames were lost upstream: this layer needs a fresh keyframe to decode again.
-            awaited |= 1 << layer.min(31);
-        }
+        let frame = FrameInfo {
+            layer,
+            temporal,
+            keyframe,
+            layer_sync,
+        };
 
         for sub_id in lesson.connections() {
             if sub_id == publisher {
@@ -161,14 +160,25 @@ impl Engine {
             let rtp_time = match sub.video.as_mut() {
                 None => data.time.numer(),
                 Some(video) => {
-                    let decision = video.on_frame(layer, data.time.numer(), is_keyframe, now);
-                    if let Some(l) = video.awaited_keyframe() {
-                        awaited |= 1 << l.min(31);
+                    let decision = video.selector.on_frame(frame);
+                    if let Some(req) = video.selector.keyframe_request(now) {
+                        if keyframes.request(
+                            now,
+                            track_id,
+                            req.layer,
+                            req.waiting_since,
+                            publisher_rtt,
+                        ) {
+                            wanted_keyframes |= 1 << req.layer;
+                        }
                     }
-                    match decision {
-                        Decision::Forward { rtp_time, .. } => rtp_time,
-                        Decision::Drop(_) => continue,
+                    if !decision.forward {
+                        continue;
                     }
+                    if decision.switched {
+                        video.timeline.rebase(data.time.numer(), now);
+                    }
+                    video.timeline.rewrite(data.time.numer(), now)
                 }
             };
             let Some(mid) = sub.state.mid() else {
@@ -193,214 +203,83 @@ impl Engine {
             }
         }
 
-        if awaited != 0 {
-            let rids: Vec<Option<Rid>> = conns
-                .get(&publisher)
-                .and_then(|c| c.peer.as_ref())
-                .and_then(|p| p.published.iter().find(|t| t.mid == data.mid))
-                .map(|t| {
-                    t.layers
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| awaited & (1 << (*i).min(31)) != 0)
-                        .map(|(_, r)| *r)
-                        .collect()
-                })
-                .unwrap_or_default();
-            for rid in rids {
-                if keyframes.allow(publisher, data.mid, rid, now) {
-                    request_keyframe(conns, publisher, data.mid, rid, metrics);
-                    if !dirty.contains(&publisher) {
-                        dirty.push(publisher);
-                    }
+        for layer in 0..MAX_LAYERS as u8 {
+            if wanted_keyframes & (1 << layer) != 0 {
+                request_keyframe(conns, publisher, data.mid, layer, metrics);
+                if !dirty.contains(&publisher) {
+                    dirty.push(publisher);
                 }
             }
         }
     }
 
-    /// A subscriber's browser asked for a keyframe: pass it to the publisher, throttled.
+    /// A subscriber's browser asked for a keyframe (its decoder lost the picture): pass it to the
+    /// publisher through the shared throttle.
     pub(crate) fn relay_keyframe_request(
         &mut self,
         id: ConnId,
         req: KeyframeRequest,
         now: Instant,
     ) {
-        let Some(peer) = self.conns.get(&id).and_then(|c| c.peer.as_ref()) else {
-            return;
-        };
-        let Some(sub) = peer
-            .subscribed
-            .iter()
-            .find(|s| s.state.mid() == Some(req.mid))
+        let Some(sub) = self
+            .conns
+            .get(&id)
+            .and_then(|c| c.peer.as_ref())
+            .and_then(|p| p.subscribed.iter().find(|s| s.state.mid() == Some(req.mid)))
         else {
             return;
         };
-        let key = sub.key;
+        let (key, track_id) = (sub.key, sub.track_id);
         let layer = sub
             .video
             .as_ref()
-            .and_then(|v| v.current().or(v.target()))
-            .unwrap_or(0);
-        let Some(rid) = self
+            .and_then(|v| v.selector.current().or(v.selector.target()))
+            .map_or(0, |c| c.layer);
+        let rtt = self
             .conns
             .get(&key.publisher)
             .and_then(|c| c.peer.as_ref())
-            .and_then(|p| p.published.iter().find(|t| t.mid == key.mid))
-            .and_then(|t| t.layers.get(layer).copied())
-        else {
-            return;
-        };
-        if self.keyframes.allow(key.publisher, key.mid, rid, now) {
-            request_keyframe(&mut self.conns, key.publisher, key.mid, rid, &self.metrics);
+            .and_then(|p| p.rtt)
+            .unwrap_or_default();
+        if self.keyframes.request(now, track_id, layer, now, rtt) {
+            request_keyframe(
+                &mut self.conns,
+                key.publisher,
+                key.mid,
+                layer,
+                &self.metrics,
+            );
             self.mark_dirty(key.publisher);
         }
     }
-
-    pub(crate) fn on_estimate(&mut self, id: ConnId, kind: BweKind) {
-        let estimate = match kind {
-            BweKind::Twcc { estimate, .. } => estimate,
-            BweKind::Remb { estimate, .. } => estimate,
-            _ => return,
-        };
-        if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
-            peer.estimate_bps = Some(estimate.as_u64());
-        }
-        self.update_layer_targets(id);
-    }
-
-    /// Recomputes the target layer of every video this peer receives.
-    pub(crate) fn update_layer_targets(&mut self, id: ConnId) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let is_teacher = conn
-            .joined
-            .as_ref()
-            .is_some_and(|j| j.role == Role::Teacher);
-        let called_on = conn
-            .joined
-            .as_ref()
-            .and_then(|j| j.lesson_id.as_deref())
-            .and_then(|l| self.registry.get(l))
-            .and_then(|l| l.called_on.clone());
-        let Some(peer) = conn.peer.as_mut() else {
-            return;
-        };
-        let (max, estimate) = (peer.max_layer, peer.estimate_bps);
-        for sub in &mut peer.subscribed {
-            let thumbnail = is_teacher && called_on.as_deref() != Some(sub.classroom_id.as_str());
-            let target = target_layer(max, estimate, sub.layer_count, thumbnail);
-            if let Some(video) = sub.video.as_mut() {
-                if video.target() != Some(target) {
-                    video.set_target(Some(target));
-                }
-            }
-        }
-    }
-
-    /// Once a second: usage samples for every connected classroom.
-    pub(crate) fn tick(&mut self, _now: Instant) {
-        let at = chrono::Utc::now().timestamp_millis();
-        let mut samples = Vec::new();
-        for conn in self.conns.values_mut() {
-            let Some(joined) = conn.joined.as_ref() else {
-                continue;
-            };
-            let Some(lesson_id) = joined.lesson_id.clone() else {
-                continue;
-            };
-            let quality = match (&joined.role, conn.peer.as_ref()) {
-                (_, None) => QualityLevel::Paused,
-                (Role::Teacher, Some(_)) => QualityLevel::Top,
-                (_, Some(peer)) => received_quality(&peer.subscribed),
-            };
-            samples.push(UsageEvent::Sample {
-                lesson_id,
-                classroom_id: joined.classroom_id.clone(),
-                at,
-                bytes_in: conn.latest.bytes_rx.saturating_sub(conn.sampled.bytes_rx),
-                bytes_out: conn.latest.bytes_tx.saturating_sub(conn.sampled.bytes_tx),
-                quality,
-                loss: conn.latest.loss,
-                rtt_ms: conn.latest.rtt_ms,
-                freezes: 0,
-            });
-            conn.sampled = conn.latest;
-        }
-        for s in samples {
-            self.usage(s);
-        }
-    }
 }
 
-/// The quality of the teacher's camera as this classroom receives it.
-fn received_quality(subscribed: &[Subscribed]) -> QualityLevel {
-    let Some(sub) = subscribed
-        .iter()
-        .find(|s| s.from_teacher && s.kind == MediaKind::Video)
-    else {
-        return QualityLevel::AudioOnly;
-    };
-    let Some(video) = sub.video.as_ref() else {
-        return QualityLevel::AudioOnly;
-    };
-    match (video.current(), video.target()) {
-        (_, None) => QualityLevel::Paused,
-        (None, Some(_)) => QualityLevel::AudioOnly,
-        (Some(l), _) if l + 1 >= sub.layer_count && sub.layer_count > 1 => QualityLevel::Top,
-        (Some(0), _) if sub.layer_count > 1 => QualityLevel::Low,
-        (Some(_), _) if sub.layer_count == 1 => QualityLevel::Top,
-        (Some(_), _) => QualityLevel::Middle,
-    }
-}
-
-fn request_keyframe(
-    conns: &mut std::collections::HashMap<ConnId, super::Conn>,
+/// Sends a PLI for one layer of a publisher's track.
+pub(crate) fn request_keyframe(
+    conns: &mut HashMap<ConnId, Conn>,
     publisher: ConnId,
-    mid: str0m::media::Mid,
-    rid: Option<Rid>,
+    mid: Mid,
+    layer: u8,
     metrics: &crate::metrics::Metrics,
 ) {
     let Some(peer) = conns.get_mut(&publisher).and_then(|c| c.peer.as_mut()) else {
         return;
     };
+    let Some(rid) = peer
+        .published
+        .iter()
+        .find(|t| t.mid == mid)
+        .and_then(|t| t.layers.get(layer as usize).copied())
+    else {
+        return;
+    };
     if let Some(mut writer) = peer.rtc.writer(mid) {
-        // Fails only when this rid is not (yet) received; the next frame asks again.
+        // Fails only when this rid is not (yet) received; the selector asks again.
         if writer
             .request_keyframe(rid, KeyframeRequestKind::Pli)
             .is_ok()
         {
             metrics.keyframe_requests.inc();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layer_choice_table() {
-        use LayerChoice::*;
-        // (cap, estimate, layers, thumbnail, expected)
-        let rows = [
-            (Auto, Some(3_000_000), 3, false, 2),
-            (Auto, Some(1_000_000), 3, false, 1),
-            (Auto, Some(300_000), 3, false, 0),
-            (Auto, None, 3, false, 0),
-            (Auto, Some(3_000_000), 2, false, 1),
-            (Auto, Some(3_000_000), 3, true, 0),
-            (High, Some(100_000), 3, false, 2),
-            (Medium, None, 3, false, 1),
-            (Medium, None, 1, false, 0),
-            (Low, Some(9_000_000), 3, false, 0),
-        ];
-        for (cap, est, n, thumb, expected) in rows {
-            assert_eq!(
-                target_layer(cap, est, n, thumb),
-                expected,
-                "{cap:?} {est:?} {n} {thumb}"
-            );
         }
     }
 }

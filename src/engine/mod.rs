@@ -6,9 +6,11 @@
 //! drain every touched `Rtc` until it returns a timeout, handling the events it produced, which
 //! may touch other peers (forwarded media), which are drained in turn.
 
+mod adapt;
 mod commands;
 mod media;
 mod routes;
+mod samples;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -22,9 +24,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::TokenKey;
+use crate::bwe::{KeyframeThrottle, Tuning};
 use crate::directory::Directory;
 use crate::lesson::Registry;
-use crate::media::keyframe::KeyframeThrottle;
 use crate::media::peer::Peer;
 use crate::metrics::Metrics;
 use crate::signal::message::{ClientMessage, Invite, Role, ServerMessage};
@@ -33,8 +35,10 @@ use crate::usage::event::UsageEvent;
 
 /// Outbound messages queued per connection before the engine gives up on a slow reader.
 pub const OUTBOX_CAPACITY: usize = 256;
-/// Usage samples and lesson housekeeping run this often.
+/// Usage samples, dynacast and quality reports run this often.
 const TICK: Duration = Duration::from_secs(1);
+/// Layer selectors' holds and keyframe waits are checked this often.
+const ADAPT_TICK: Duration = Duration::from_millis(200);
 /// Largest UDP datagram read.
 const RECV_BUF: usize = 2048;
 
@@ -104,6 +108,11 @@ pub struct EngineConfig {
     pub directory: Arc<Directory>,
     pub usage: mpsc::UnboundedSender<UsageEvent>,
     pub metrics: Arc<Metrics>,
+    pub tuning: Tuning,
+    /// `false`: the comparison baseline — no estimate, always the top layer.
+    pub adaptation: bool,
+    /// Where each new peer's estimate starts, bits per second.
+    pub initial_estimate_bps: u64,
 }
 
 /// Cloneable handle for the HTTP side.
@@ -192,8 +201,12 @@ pub(crate) struct Engine {
     dirty: Vec<ConnId>,
     /// Events drained from `Rtc`s, handled after the drain so no two peers are borrowed at once.
     events: VecDeque<(ConnId, Event)>,
-    /// Connections whose lesson routes changed.
+    /// Lessons whose routes changed.
     reroute: Vec<String>,
+    tuning: Tuning,
+    adaptation: bool,
+    initial_estimate_bps: u64,
+    next_track_id: u64,
 }
 
 /// Binds the UDP port and spawns the engine task.
@@ -227,10 +240,14 @@ pub async fn spawn(cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
         conns: HashMap::new(),
         registry: Registry::default(),
         by_remote: HashMap::new(),
-        keyframes: KeyframeThrottle::default(),
+        keyframes: KeyframeThrottle::new(&cfg.tuning),
         dirty: Vec::new(),
         events: VecDeque::new(),
         reroute: Vec::new(),
+        tuning: cfg.tuning,
+        adaptation: cfg.adaptation,
+        initial_estimate_bps: cfg.initial_estimate_bps,
+        next_track_id: 0,
     };
     tokio::spawn(engine.run(rx));
     Ok(EngineHandle {
@@ -244,8 +261,9 @@ impl Engine {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut buf = vec![0u8; RECV_BUF];
         let mut next_tick = Instant::now() + TICK;
+        let mut next_adapt = Instant::now() + ADAPT_TICK;
         loop {
-            let deadline = self.next_deadline().min(next_tick);
+            let deadline = self.next_deadline().min(next_tick).min(next_adapt);
             tokio::select! {
                 cmd = commands.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -261,8 +279,13 @@ impl Engine {
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     let now = Instant::now();
                     self.handle_timeouts(now);
+                    if now >= next_adapt {
+                        self.adapt_tick(now);
+                        next_adapt = now + ADAPT_TICK;
+                    }
                     if now >= next_tick {
-                        self.tick(now);
+                        self.sample_usage();
+                        self.report_tick();
                         next_tick = now + TICK;
                     }
                 }
@@ -370,7 +393,7 @@ impl Engine {
                 continue;
             }
             if let Some(lesson_id) = self.reroute.pop() {
-                self.apply_routes(&lesson_id);
+                self.apply_routes(&lesson_id, now);
                 continue;
             }
             if self.dirty.is_empty() {
@@ -455,9 +478,20 @@ impl Engine {
             Event::MediaAdded(added) => self.on_media_added(id, added),
             Event::MediaData(data) => self.forward_media(id, data, now),
             Event::KeyframeRequest(req) => self.relay_keyframe_request(id, req, now),
-            Event::EgressBitrateEstimate(kind) => self.on_estimate(id, kind),
+            Event::EgressBitrateEstimate(kind) => {
+                let estimate = match kind {
+                    str0m::bwe::BweKind::Twcc { estimate, .. } => estimate,
+                    str0m::bwe::BweKind::Remb { estimate, .. } => estimate,
+                    _ => return,
+                };
+                self.on_estimate(id, estimate, now);
+            }
             Event::PeerStats(stats) => {
                 if let Some(conn) = self.conns.get_mut(&id) {
+                    if let Some(peer) = conn.peer.as_mut() {
+                        peer.loss = stats.egress_loss_fraction;
+                        peer.rtt = stats.rtt;
+                    }
                     conn.latest = PeerTotals {
                         bytes_rx: stats.peer_bytes_rx,
                         bytes_tx: stats.peer_bytes_tx,

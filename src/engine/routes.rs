@@ -8,8 +8,11 @@
 //! published track) and applied as a diff: new subscriptions are offered, stale ones stopped at
 //! once, so a departed track never lingers until ICE times out.
 
-use crate::media::forward::VideoForward;
-use crate::media::peer::{OutState, Subscribed, TrackKey};
+use std::time::Instant;
+
+use crate::bwe::LayerSelector;
+use crate::media::peer::{OutState, Subscribed, TrackKey, VideoOut};
+use crate::media::timeline::RtpTimeline;
 use crate::signal::message::{MediaKind, SourceKind};
 use crate::signal::ConnId;
 
@@ -19,6 +22,7 @@ use super::Engine;
 #[derive(Debug, Clone)]
 pub(crate) struct Offered {
     pub key: TrackKey,
+    pub track_id: u64,
     pub kind: MediaKind,
     pub source: SourceKind,
     pub classroom_id: String,
@@ -44,7 +48,7 @@ pub(crate) fn receives(
 
 impl Engine {
     /// Recomputes and applies the routes of one lesson.
-    pub(crate) fn apply_routes(&mut self, lesson_id: &str) {
+    pub(crate) fn apply_routes(&mut self, lesson_id: &str, now: Instant) {
         let Some(lesson) = self.registry.get(lesson_id) else {
             return;
         };
@@ -65,6 +69,7 @@ impl Engine {
                         publisher: *id,
                         mid: p.mid,
                     },
+                    track_id: p.id,
                     kind: p.kind,
                     source: p.source,
                     classroom_id: classroom.clone(),
@@ -96,19 +101,26 @@ impl Engine {
                 if peer.is_subscribed(track.key) {
                     continue;
                 }
+                let top = track.layer_count.saturating_sub(1) as u8;
                 peer.subscribed.push(Subscribed {
                     key: track.key,
+                    track_id: track.track_id,
                     kind: track.kind,
                     source: track.source,
                     classroom_id: track.classroom_id.clone(),
                     from_teacher: track.from_teacher,
                     state: OutState::ToOpen,
-                    video: (track.kind == MediaKind::Video).then(VideoForward::default),
+                    video: (track.kind == MediaKind::Video).then(|| VideoOut {
+                        selector: LayerSelector::new(top, &self.tuning),
+                        timeline: RtpTimeline::default(),
+                    }),
                     layer_count: track.layer_count,
                 });
             }
-            self.update_layer_targets(*id);
             self.offer_if_needed(*id);
+        }
+        for (id, _, _) in &members {
+            self.reallocate(*id, now);
         }
     }
 }
@@ -124,6 +136,7 @@ mod tests {
                 publisher: ConnId(1),
                 mid: Mid::from("0"),
             },
+            track_id: 1,
             kind: MediaKind::Video,
             source: SourceKind::Camera,
             classroom_id: classroom.into(),

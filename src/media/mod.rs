@@ -1,5 +1,4 @@
-//! Media: peers and what is forwarded to whom, decided per frame.
+//! Media: peers, what each subscriber receives, and the RTP timeline of forwarded video.
 
-pub mod forward;
-pub mod keyframe;
 pub mod peer;
+pub mod timeline;

@@ -11,10 +11,12 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind as StrMediaKind, Mid, Rid};
 use str0m::Rtc;
 
-use crate::signal::message::{LayerChoice, MediaKind, SourceKind, TrackInfo};
+use crate::signal::message::{LayerChoice, MediaKind, SourceKind, TrackInfo, TrackQuality};
 use crate::signal::ConnId;
 
-use super::forward::VideoForward;
+use crate::bwe::{LayerRates, LayerSelector};
+
+use super::timeline::RtpTimeline;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -36,11 +38,17 @@ pub struct TrackKey {
 /// A track this peer publishes.
 #[derive(Debug, Clone)]
 pub struct Published {
+    /// Engine-wide id, for keyframe throttling and allocation results.
+    pub id: u64,
     pub mid: Mid,
     pub kind: MediaKind,
     pub source: SourceKind,
     /// Simulcast layers, lowest first; `[None]` for a single-layer track.
     pub layers: Vec<Option<Rid>>,
+    /// Measured bitrate per layer.
+    pub rates: LayerRates,
+    /// Layers the publisher was last told to encode (dynacast), lowest first.
+    pub active: Vec<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,17 +72,26 @@ impl OutState {
     }
 }
 
+/// Layer selection and timestamp rewriting for one received video.
+#[derive(Debug, Clone)]
+pub struct VideoOut {
+    pub selector: LayerSelector,
+    pub timeline: RtpTimeline,
+}
+
 /// A track this peer receives from another.
 #[derive(Debug)]
 pub struct Subscribed {
     pub key: TrackKey,
+    /// The publisher's [`Published::id`].
+    pub track_id: u64,
     pub kind: MediaKind,
     pub source: SourceKind,
     pub classroom_id: String,
     pub from_teacher: bool,
     pub state: OutState,
     /// Layer choice and timestamp rewriting; video only.
-    pub video: Option<VideoForward>,
+    pub video: Option<VideoOut>,
     /// The publisher's layer count, to map layer choices to indices.
     pub layer_count: usize,
 }
@@ -88,6 +105,15 @@ pub struct Peer {
     pub max_layer: LayerChoice,
     /// Latest send-side estimate towards this peer, bits per second.
     pub estimate_bps: Option<u64>,
+    /// Latest loss fraction (0..1) and RTT towards this peer, from str0m's peer stats.
+    pub loss: Option<f32>,
+    pub rtt: Option<std::time::Duration>,
+    /// Whether audio to this peer is wrapped in RED now.
+    pub red: bool,
+    /// The desired bitrate last given to str0m's estimator (it probes up to it).
+    pub bwe_desired: Option<u64>,
+    /// The last `quality` report sent to the client.
+    pub last_quality: Vec<TrackQuality>,
     /// Sources announced with the client's last offer, by mid.
     announced: Vec<(String, SourceKind)>,
 }
@@ -102,6 +128,11 @@ impl Peer {
             next_timeout: now,
             max_layer: LayerChoice::Auto,
             estimate_bps: None,
+            loss: None,
+            rtt: None,
+            red: false,
+            bwe_desired: None,
+            last_quality: Vec::new(),
             announced: Vec::new(),
         }
     }

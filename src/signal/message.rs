@@ -178,6 +178,52 @@ pub enum ServerMessage {
         fatal: bool,
     },
     Pong,
+    /// Dynacast: encode only these simulcast layers of the track at `mid` (rids); layers nobody
+    /// receives are paused so a weak uplink carries only what is watched.
+    PublishLayers {
+        mid: String,
+        active: Vec<String>,
+    },
+    /// What this client receives now, sent when it changes: per received video, the layer
+    /// (0 = lowest) or paused for lack of bandwidth.
+    Quality {
+        estimate_kbps: u32,
+        tracks: Vec<TrackQuality>,
+    },
+    /// Teacher only, every second: each connected classroom's link as the server sees it.
+    LinkQuality {
+        classrooms: Vec<LinkInfo>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TrackQuality {
+    pub mid: String,
+    /// Layer flowing now, 0 = lowest; absent while paused or starting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<u8>,
+    /// Video paused because the link cannot carry it; it resumes by itself.
+    pub paused: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LinkInfo {
+    pub classroom_id: String,
+    /// Send-side bandwidth estimate towards the classroom.
+    pub estimate_kbps: u32,
+    /// Packet loss towards the classroom, percent.
+    pub loss_pct: f32,
+    pub rtt_ms: u32,
+    pub level: LinkLevel,
+}
+
+/// The teacher page's traffic light.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkLevel {
+    Good,
+    Fair,
+    Poor,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

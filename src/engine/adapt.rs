@@ -1,0 +1,401 @@
+//! Bandwidth adaptation, applied: per subscriber, str0m's estimate goes through the allocator
+//! (`bwe::allocate`) into each received video's layer selector; publishers are told which
+//! simulcast layers anyone watches (dynacast); audio gets RED when the link loses packets; pages
+//! are told what they receive and the teacher how each classroom's link looks.
+
+use std::time::Instant;
+
+use str0m::bwe::Bitrate;
+
+use crate::bwe::{allocate, LayerBitrate, LayerChoice as Choice, Priority, TrackDemand};
+use crate::media::peer::OutState;
+use crate::signal::message::{
+    LayerChoice, LinkInfo, LinkLevel, MediaKind, Role, ServerMessage, SourceKind, TrackQuality,
+};
+use crate::signal::ConnId;
+
+use super::Engine;
+
+/// Opus as browsers send it, before the first measurement.
+const AUDIO_DEFAULT_BPS: u64 = 40_000;
+/// RED on above this loss towards the subscriber, off again below the lower mark.
+const RED_ON_LOSS: f32 = 0.02;
+const RED_OFF_LOSS: f32 = 0.005;
+
+/// The traffic light for a classroom's link.
+pub(crate) fn link_level(estimate_bps: u64, loss: f32, rtt_ms: u32) -> LinkLevel {
+    if estimate_bps < 300_000 || loss > 0.05 || rtt_ms > 500 {
+        LinkLevel::Poor
+    } else if estimate_bps < 800_000 || loss > 0.01 || rtt_ms > 250 {
+        LinkLevel::Fair
+    } else {
+        LinkLevel::Good
+    }
+}
+
+/// The highest layer a subscriber takes of a track: its own cap, and thumbnails (classrooms at
+/// the teacher, unless called on) stay on the lowest layer.
+pub(crate) fn max_layer(cap: LayerChoice, layer_count: usize, thumbnail: bool) -> u8 {
+    let top = layer_count.saturating_sub(1) as u8;
+    if thumbnail {
+        return 0;
+    }
+    match cap {
+        LayerChoice::Low => 0,
+        LayerChoice::Medium => 1.min(top),
+        LayerChoice::High | LayerChoice::Auto => top,
+    }
+}
+
+impl Engine {
+    pub(crate) fn on_estimate(&mut self, id: ConnId, estimate: Bitrate, now: Instant) {
+        if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
+            peer.estimate_bps = Some(estimate.as_u64());
+        }
+        self.reallocate(id, now);
+    }
+
+    /// Splits this subscriber's estimate across what it receives and hands each video selector
+    /// its share. Runs per estimate update and route change, not per packet.
+    pub(crate) fn reallocate(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let Some(joined) = conn.joined.as_ref() else {
+            return;
+        };
+        let Some(peer) = conn.peer.as_ref() else {
+            return;
+        };
+        let is_teacher = joined.role == Role::Teacher;
+        let called_on = joined
+            .lesson_id
+            .as_deref()
+            .and_then(|l| self.registry.get(l))
+            .and_then(|l| l.called_on.clone());
+
+        // Pass 1, read-only: what each received track costs and may take.
+        let mut demands = Vec::with_capacity(peer.subscribed.len());
+        for (index, sub) in peer.subscribed.iter().enumerate() {
+            if !matches!(sub.state, OutState::Open(_) | OutState::Negotiating(_)) {
+                continue;
+            }
+            let Some(published) = self
+                .conns
+                .get(&sub.key.publisher)
+                .and_then(|c| c.peer.as_ref())
+                .and_then(|p| p.published.iter().find(|t| t.mid == sub.key.mid))
+            else {
+                continue;
+            };
+            let is_called_on = called_on.as_deref() == Some(sub.classroom_id.as_str());
+            let priority = match (sub.kind, sub.from_teacher, sub.source) {
+                (MediaKind::Audio, _, _) => Priority::Audio,
+                (_, true, SourceKind::Screen) => Priority::Screen,
+                (_, true, _) => Priority::TeacherCamera,
+                _ if is_called_on => Priority::CalledOn,
+                _ => Priority::Classroom,
+            };
+            let mut layers = published.rates.bitrates(now);
+            if sub.kind == MediaKind::Audio && layers.is_empty() {
+                layers.push(LayerBitrate {
+                    layer: 0,
+                    bps: AUDIO_DEFAULT_BPS,
+                    tl0_bps: None,
+                });
+            }
+            let thumbnail = is_teacher && !is_called_on;
+            let redundancy = match sub.kind {
+                MediaKind::Audio if peer.red => 1.0,
+                MediaKind::Audio => 0.0,
+                MediaKind::Video => f64::from(peer.loss.unwrap_or(0.0)).min(0.5),
+            };
+            demands.push(TrackDemand {
+                id: index as u64,
+                priority,
+                layers,
+                max_layer: max_layer(peer.max_layer, sub.layer_count, thumbnail),
+                redundancy,
+            });
+        }
+        let estimate = peer.estimate_bps.unwrap_or(self.initial_estimate_bps);
+        let allocation = self
+            .adaptation
+            .then(|| allocate(estimate, &demands, &self.tuning));
+
+        // Pass 2: apply to the selectors.
+        let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) else {
+            return;
+        };
+        for (i, demand) in demands.iter().enumerate() {
+            let Some(video) = peer
+                .subscribed
+                .get_mut(demand.id as usize)
+                .and_then(|s| s.video.as_mut())
+            else {
+                continue;
+            };
+            if video.selector.max() != demand.max_layer {
+                video.selector.set_max(now, demand.max_layer);
+            }
+            let choice = match &allocation {
+                Some(a) => a.tracks[i].choice,
+                // Baseline mode: always the top layer the subscriber allows.
+                None => Some(Choice {
+                    layer: demand.max_layer,
+                    full_frame_rate: true,
+                }),
+            };
+            video.selector.on_allocation(now, choice);
+        }
+        if let Some(a) = allocation {
+            let desired = a.desired_bps.max(a.allocated_bps);
+            if peer.bwe_desired != Some(desired) {
+                peer.bwe_desired = Some(desired);
+                peer.rtc
+                    .bwe()
+                    .set_bitrate(Bitrate::bps(a.allocated_bps), Bitrate::bps(desired));
+                self.mark_dirty(id);
+            }
+        }
+    }
+
+    /// Every adaptation tick: holds that ended, keyframes still awaited, and periodic
+    /// re-allocation (layer rates move even when the estimate does not).
+    pub(crate) fn adapt_tick(&mut self, now: Instant) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.peer.as_ref().is_some_and(|p| !p.subscribed.is_empty()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.reallocate(id, now);
+            let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) else {
+                continue;
+            };
+            let mut asks = Vec::new();
+            for sub in &mut peer.subscribed {
+                let Some(video) = sub.video.as_mut() else {
+                    continue;
+                };
+                if video.selector.poll_timeout().is_some_and(|t| t <= now) {
+                    video.selector.handle_timeout(now);
+                }
+                if let Some(req) = video.selector.keyframe_request(now) {
+                    asks.push((sub.key, sub.track_id, req));
+                }
+            }
+            for (key, track_id, req) in asks {
+                let rtt = self
+                    .conns
+                    .get(&key.publisher)
+                    .and_then(|c| c.peer.as_ref())
+                    .and_then(|p| p.rtt)
+                    .unwrap_or_default();
+                if self
+                    .keyframes
+                    .request(now, track_id, req.layer, req.waiting_since, rtt)
+                {
+                    super::media::request_keyframe(
+                        &mut self.conns,
+                        key.publisher,
+                        key.mid,
+                        req.layer,
+                        &self.metrics,
+                    );
+                    self.mark_dirty(key.publisher);
+                }
+            }
+        }
+    }
+
+    /// Once a second: dynacast, RED, and quality reports.
+    pub(crate) fn report_tick(&mut self) {
+        self.dynacast();
+        self.toggle_red();
+        self.send_quality();
+        self.send_link_quality();
+    }
+
+    /// Tells each publisher which layers of each video anyone takes; the lowest always stays on
+    /// so a new subscriber starts at once.
+    fn dynacast(&mut self) {
+        let mut updates = Vec::new();
+        for (pub_id, conn) in &self.conns {
+            let Some(peer) = conn.peer.as_ref() else {
+                continue;
+            };
+            for track in peer.published.iter().filter(|t| t.layers.len() > 1) {
+                let needed = self
+                    .conns
+                    .values()
+                    .filter_map(|c| c.peer.as_ref())
+                    .flat_map(|p| p.subscribed.iter())
+                    .filter(|s| s.key.publisher == *pub_id && s.key.mid == track.mid)
+                    .filter_map(|s| s.video.as_ref().map(|v| v.selector.max()))
+                    .max()
+                    .unwrap_or(0);
+                let active: Vec<bool> =
+                    (0..track.layers.len()).map(|l| l as u8 <= needed).collect();
+                if active != track.active {
+                    updates.push((*pub_id, track.mid, active));
+                }
+            }
+        }
+        for (pub_id, mid, active) in updates {
+            let Some(peer) = self.conns.get_mut(&pub_id).and_then(|c| c.peer.as_mut()) else {
+                continue;
+            };
+            let Some(track) = peer.published.iter_mut().find(|t| t.mid == mid) else {
+                continue;
+            };
+            let rids = track
+                .layers
+                .iter()
+                .zip(&active)
+                .filter(|(_, on)| **on)
+                .filter_map(|(r, _)| r.map(|r| r.to_string()))
+                .collect();
+            track.active = active;
+            self.send(
+                pub_id,
+                ServerMessage::PublishLayers {
+                    mid: mid.to_string(),
+                    active: rids,
+                },
+            );
+        }
+    }
+
+    /// RED doubles audio to rescue it from loss; only where the link loses packets.
+    fn toggle_red(&mut self) {
+        let mut touched = Vec::new();
+        for (id, conn) in self.conns.iter_mut() {
+            let Some(peer) = conn.peer.as_mut() else {
+                continue;
+            };
+            let loss = peer.loss.unwrap_or(0.0);
+            let want = if peer.red {
+                loss > RED_OFF_LOSS
+            } else {
+                loss > RED_ON_LOSS
+            };
+            if want == peer.red {
+                continue;
+            }
+            peer.red = want;
+            let mids: Vec<_> = peer
+                .subscribed
+                .iter()
+                .filter(|s| s.kind == MediaKind::Audio)
+                .filter_map(|s| s.state.mid())
+                .collect();
+            for mid in mids {
+                peer.rtc.direct_api().set_red_send(mid, want);
+            }
+            touched.push(*id);
+        }
+        for id in touched {
+            self.mark_dirty(id);
+        }
+    }
+
+    /// Each subscriber hears what it receives when that changes (the page shows "paused").
+    fn send_quality(&mut self) {
+        let mut out = Vec::new();
+        for (id, conn) in self.conns.iter_mut() {
+            let Some(peer) = conn.peer.as_mut() else {
+                continue;
+            };
+            let tracks: Vec<TrackQuality> = peer
+                .subscribed
+                .iter()
+                .filter_map(|s| {
+                    let video = s.video.as_ref()?;
+                    Some(TrackQuality {
+                        mid: s.state.mid()?.to_string(),
+                        layer: video.selector.current().map(|c| c.layer),
+                        paused: video.selector.target().is_none() && self.adaptation,
+                    })
+                })
+                .collect();
+            if tracks != peer.last_quality {
+                peer.last_quality = tracks.clone();
+                let estimate_kbps = (peer.estimate_bps.unwrap_or(0) / 1000) as u32;
+                out.push((
+                    *id,
+                    ServerMessage::Quality {
+                        estimate_kbps,
+                        tracks,
+                    },
+                ));
+            }
+        }
+        for (id, msg) in out {
+            self.send(id, msg);
+        }
+    }
+
+    /// The teacher's traffic lights.
+    fn send_link_quality(&mut self) {
+        let mut out = Vec::new();
+        for lesson in self.registry.lessons() {
+            let Some(teacher) = lesson.teacher else {
+                continue;
+            };
+            let classrooms = lesson
+                .present
+                .iter()
+                .filter_map(|(classroom_id, conn)| {
+                    let peer = self.conns.get(conn)?.peer.as_ref()?;
+                    let estimate = peer.estimate_bps.unwrap_or(0);
+                    let loss = peer.loss.unwrap_or(0.0);
+                    let rtt_ms = peer.rtt.map_or(0, |d| d.as_millis() as u32);
+                    Some(LinkInfo {
+                        classroom_id: classroom_id.clone(),
+                        estimate_kbps: (estimate / 1000) as u32,
+                        loss_pct: loss * 100.0,
+                        rtt_ms,
+                        level: link_level(estimate, loss, rtt_ms),
+                    })
+                })
+                .collect();
+            out.push((teacher, ServerMessage::LinkQuality { classrooms }));
+        }
+        for (id, msg) in out {
+            self.send(id, msg);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_light_table() {
+        let rows = [
+            (2_000_000, 0.0, 40, LinkLevel::Good),
+            (600_000, 0.0, 40, LinkLevel::Fair),
+            (2_000_000, 0.02, 40, LinkLevel::Fair),
+            (2_000_000, 0.0, 300, LinkLevel::Fair),
+            (250_000, 0.0, 40, LinkLevel::Poor),
+            (2_000_000, 0.10, 40, LinkLevel::Poor),
+            (2_000_000, 0.0, 600, LinkLevel::Poor),
+        ];
+        for (est, loss, rtt, level) in rows {
+            assert_eq!(link_level(est, loss, rtt), level, "{est} {loss} {rtt}");
+        }
+    }
+
+    #[test]
+    fn max_layer_table() {
+        assert_eq!(max_layer(LayerChoice::Auto, 3, false), 2);
+        assert_eq!(max_layer(LayerChoice::Auto, 3, true), 0);
+        assert_eq!(max_layer(LayerChoice::Medium, 3, false), 1);
+        assert_eq!(max_layer(LayerChoice::Medium, 1, false), 0);
+        assert_eq!(max_layer(LayerChoice::High, 2, false), 1);
+        assert_eq!(max_layer(LayerChoice::Low, 3, false), 0);
+    }
+}

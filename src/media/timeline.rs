@@ -1,0 +1,89 @@
+//! RTP timestamp rewriting for one subscriber's video: every simulcast layer has its own
+//! timestamp base, so when the forwarded layer changes, the outgoing time continues from the last
+//! forwarded frame plus the wall-clock gap instead of jumping to the new layer's base.
+//!
+//! str0m repacketizes each forwarded frame on the subscriber's own outgoing stream, so SSRC,
+//! sequence numbers and the VP8 picture id are already continuous across a switch; the RTP
+//! timestamp is the one thing the forwarder rewrites. Pure: time is passed in.
+
+use std::time::{Duration, Instant};
+
+/// 90 kHz video clock.
+const TICKS_PER_SEC: u64 = 90_000;
+/// Longest gap the rewritten timestamp advances across a switch (after a pause, say).
+const MAX_SWITCH_GAP: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Default)]
+pub struct RtpTimeline {
+    /// Added to the publisher's timestamp of the layer flowing now.
+    offset: i64,
+    last_out: Option<(u64, Instant)>,
+}
+
+impl RtpTimeline {
+    /// The frame at publisher time `time` starts a new layer: continue from the last output.
+    pub fn rebase(&mut self, time: u64, now: Instant) {
+        self.offset = match self.last_out {
+            Some((last, at)) => {
+                let gap = now.saturating_duration_since(at).min(MAX_SWITCH_GAP);
+                let ticks = (gap.as_micros() as u64 * TICKS_PER_SEC / 1_000_000).max(1);
+                (last + ticks) as i64 - time as i64
+            }
+            None => 0,
+        };
+    }
+
+    /// The outgoing time of a forwarded frame.
+    pub fn rewrite(&mut self, time: u64, now: Instant) -> u64 {
+        let out = (time as i64).wrapping_add(self.offset) as u64;
+        self.last_out = Some((out, now));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRAME: u64 = 2970; // 33 ms at 90 kHz
+
+    #[test]
+    fn a_switch_continues_one_frame_interval_later_whatever_the_new_base() {
+        let t0 = Instant::now();
+        let mut tl = RtpTimeline::default();
+        tl.rebase(5_000_000, t0);
+        let mut last = tl.rewrite(5_000_000, t0);
+        assert_eq!(last, 5_000_000, "the first layer passes through");
+        for (n, base) in [
+            (1u64, 5_000_000u64),
+            (2, 5_000_000),
+            (3, 900),
+            (4, 900),
+            (5, 77_000_000),
+        ] {
+            let now = t0 + Duration::from_millis(33 * n);
+            let time = base + n * FRAME;
+            if n == 3 || n == 5 {
+                tl.rebase(time, now);
+            }
+            let out = tl.rewrite(time, now);
+            assert_eq!(out, last + FRAME, "frame {n}");
+            last = out;
+        }
+    }
+
+    #[test]
+    fn a_pause_advances_by_the_wall_clock_gap_capped() {
+        let t0 = Instant::now();
+        let mut tl = RtpTimeline::default();
+        let first = tl.rewrite(1000, t0);
+        tl.rebase(50, t0 + Duration::from_millis(500));
+        assert_eq!(
+            tl.rewrite(50, t0 + Duration::from_millis(500)),
+            first + 45_000
+        );
+        tl.rebase(7, t0 + Duration::from_secs(60));
+        let after_long_pause = tl.rewrite(7, t0 + Duration::from_secs(60));
+        assert_eq!(after_long_pause, first + 45_000 + 2 * TICKS_PER_SEC);
+    }
+}
