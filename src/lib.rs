@@ -12,4 +12,5 @@
 pub mod auth;
 pub mod directory;
 pub mod signal;
+pub mod store;
 pub mod usage;

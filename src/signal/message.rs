@@ -142,13 +142,22 @@ pub enum ServerMessage {
         invites: Vec<Invite>,
     },
     /// The lesson's current state; sent to everyone in the lesson after every change.
-    LessonState { lesson: LessonView },
+    LessonState {
+        lesson: LessonView,
+    },
     /// A server offer: what the client should now receive. `tracks` names every receiving mid.
-    Offer { sdp: String, tracks: Vec<TrackInfo> },
+    Offer {
+        sdp: String,
+        tracks: Vec<TrackInfo>,
+    },
     /// The server's answer to a client offer.
-    Answer { sdp: String },
+    Answer {
+        sdp: String,
+    },
     /// The lesson ended; the server closes the connection after this message.
-    LessonEnded { reason: EndReason },
+    LessonEnded {
+        reason: EndReason,
+    },
     /// A newer connection for the same classroom replaced this one; the server closes it.
     Replaced,
     /// Something the client sent was refused. The connection stays open unless `fatal`.
