@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod directory;
+pub mod http;
 pub mod signal;
 pub mod store;
 pub mod usage;
