@@ -237,6 +237,17 @@ impl Recorder {
                 at,
             } => {
                 let key = (lesson_id.clone(), classroom_id.clone());
+                // A session whose grace period ran out before this join (no tick came between)
+                // is closed first; the join then starts a new one.
+                let expired = self.sessions.get(&key).is_some_and(|s| {
+                    s.connected_since.is_none()
+                        && s.rec.left_at.is_some_and(|l| *at - l >= self.cfg.grace_ms)
+                });
+                if expired {
+                    // Checked just above.
+                    let s = self.sessions.remove(&key).expect("expired session");
+                    self.closed.sessions.push(s.close(*at));
+                }
                 if let Some(s) = self.sessions.get_mut(&key) {
                     // A second connection while the first still counts (replaced link) is a
                     // reconnect without a gap.
@@ -469,9 +480,22 @@ mod tests {
         assert_eq!(s.reconnects, 1);
         assert_eq!(s.left_at, Some(200_000));
 
-        // Rejoining after the grace period is a new session.
+        // Rejoining after the grace period is a new session, even with no tick in between.
+        r.handle(&joined("b", 0));
+        r.handle(&left("b", 10_000));
+        assert_eq!(r.handle(&joined("b", 70_000)), Outcome::SessionStarted);
+        let w = r.take_closed();
+        let closed: Vec<_> = w
+            .sessions
+            .iter()
+            .filter(|s| s.classroom_id == "b" && !s.is_open)
+            .collect();
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].connected_ms, closed[0].reconnects), (10_000, 0));
+        assert!(last_row(&w, "b").is_open, "and a new one is open");
         assert_eq!(r.handle(&joined("a", 300_000)), Outcome::SessionStarted);
         let w = r.close_all(310_000);
+        assert_eq!(last_row(&w, "b").connected_ms, 240_000);
         let s2 = last_row(&w, "a");
         assert_ne!(s2.id, s.id);
         assert_eq!(s2.connected_ms, 10_000);
