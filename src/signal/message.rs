@@ -135,6 +135,16 @@ pub enum ServerMessage {
         /// Present when the client is already in a live lesson.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         lesson: Option<LessonView>,
+        /// Teacher only: the classrooms this teacher may invite.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        invitable: Vec<ClassroomView>,
+        /// Teacher only, while a lesson is live: its join links and codes.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        invites: Vec<Invite>,
+        /// Classroom only: a token to reconnect with (after joining by code), valid while the
+        /// lesson lives.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rejoin_token: Option<String>,
     },
     /// Answer to `start_lesson`: one join link and code per invited classroom.
     LessonStarted {
@@ -258,6 +268,10 @@ pub enum ErrorCode {
     UnknownClassroom,
     /// The SDP could not be parsed or negotiated.
     BadSdp,
+    /// The media connection (ICE/DTLS) was lost; the client should reconnect.
+    MediaLost,
+    /// The client sent nothing (not even `ping`) for too long.
+    IdleTimeout,
     Internal,
 }
 
@@ -277,6 +291,8 @@ impl ErrorCode {
             ErrorCode::LessonActive => "lesson_active",
             ErrorCode::UnknownClassroom => "unknown_classroom",
             ErrorCode::BadSdp => "bad_sdp",
+            ErrorCode::MediaLost => "media_lost",
+            ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::Internal => "internal",
         }
     }
