@@ -6,7 +6,8 @@
 //! - [`engine`]: the one task that owns the UDP socket, every peer and every lesson.
 //! - [`media`]: peers, the forwarding decisions and keyframe throttling.
 //! - [`usage`]: usage accounting fed by engine events, off the hot path.
-//! - [`http`]: web pages, WebSocket endpoint, metrics.
+//! - [`http`]: web pages, WebSocket endpoint, metrics, the admin API (`http::admin`).
+//! - [`store`]: SQLite storage of the directory, lessons and usage sessions.
 //! - [`auth`], [`directory`], [`metrics`], [`server`]: tokens, the school directory, Prometheus,
 //!   and assembly of a running server.
 
@@ -20,4 +21,5 @@ pub mod media;
 pub mod metrics;
 pub mod server;
 pub mod signal;
+pub mod store;
 pub mod usage;

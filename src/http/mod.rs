@@ -1,6 +1,8 @@
 //! HTTP: the web pages, the signaling WebSocket, health and metrics. Pages are compiled into
 //! the binary, so `tongbu serve` needs no files beside it.
 
+pub mod admin;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
