@@ -22,6 +22,18 @@ enum Cmd {
     Serve(ServeArgs),
     /// Print the signaling protocol's JSON schema (the content of proto/schema.json).
     Schema,
+    /// Usage statistics from the database.
+    Usage {
+        #[command(subcommand)]
+        command: UsageCmd,
+    },
+    /// Mint an administrator token (city, county or school scope).
+    AdminToken(tongbu::usage::cli::AdminTokenArgs),
+    /// Manage the school directory stored in the database.
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCmd,
+    },
     /// Mint a teacher token for a host classroom.
     Token {
         /// Host classroom id from the directory.
@@ -32,6 +44,18 @@ enum Cmd {
         #[arg(long, default_value = "tongbu-data")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum UsageCmd {
+    /// Write usage per classroom, school, county or city over a period as CSV to stdout.
+    Export(tongbu::usage::cli::UsageExportArgs),
+}
+
+#[derive(Subcommand)]
+enum DirectoryCmd {
+    /// Replace the stored directory with a TOML or CSV file (a running server sees it after restart).
+    Import(tongbu::usage::cli::DirectoryImportArgs),
 }
 
 #[derive(clap::Args)]
@@ -48,7 +72,8 @@ struct ServeArgs {
     /// Where the token secret and usage database live.
     #[arg(long, default_value = "tongbu-data")]
     data_dir: PathBuf,
-    /// Directory TOML (counties, schools, classrooms); default: the embedded demo directory.
+    /// Directory TOML to seed a new database with (counties, schools, classrooms); default: the
+    /// embedded demo directory. An existing database keeps its own; see `tongbu directory import`.
     #[arg(long)]
     directory: Option<PathBuf>,
     /// Do not start the demo lesson.
@@ -90,6 +115,21 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Cmd::Schema => print!("{}", tongbu::signal::message::schema_json()),
+        Cmd::Usage {
+            command: UsageCmd::Export(args),
+        } => args.run(&mut std::io::stdout().lock())?,
+        Cmd::AdminToken(args) => println!("{}", args.run(tongbu::auth::now_unix())?),
+        Cmd::Directory {
+            command: DirectoryCmd::Import(args),
+        } => {
+            let dir = args.run()?;
+            println!(
+                "imported {} counties, {} schools, {} classrooms",
+                dir.counties.len(),
+                dir.schools.len(),
+                dir.classrooms.len()
+            );
+        }
         Cmd::Token {
             classroom,
             days,
@@ -119,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
                     up_hold: std::time::Duration::from_secs_f64(args.up_hold_secs.clamp(0.0, 60.0)),
                     ..Default::default()
                 },
+                time_zone: chrono_tz::Asia::Shanghai,
                 adaptation: !args.no_adaptation,
                 initial_estimate_bps: args.initial_estimate_kbps.max(50) * 1000,
             };
@@ -147,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
             }
             tokio::signal::ctrl_c().await.ok();
             println!("shutting down");
+            running.usage.shutdown().await?;
         }
     }
     Ok(())

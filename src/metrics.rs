@@ -19,9 +19,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new_custom(Some("tongbu".into()), None)
-            // A fixed prefix is always a valid metric name.
-            .expect("valid registry prefix");
+        let registry = Registry::new();
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
             registry
@@ -38,7 +36,7 @@ impl Metrics {
         };
         let signaling_errors = IntCounterVec::new(
             Opts::new(
-                "signaling_errors_total",
+                "tongbu_signaling_errors_total",
                 "Signaling messages refused, by error code",
             ),
             &["code"],
@@ -48,29 +46,29 @@ impl Metrics {
             .register(Box::new(signaling_errors.clone()))
             .expect("unique metric");
         Metrics {
-            lessons_live: gauge("lessons_live", "Lessons in progress"),
+            lessons_live: gauge("tongbu_lessons_live", "Lessons in progress"),
             classrooms_connected: gauge(
-                "classrooms_connected",
+                "tongbu_classrooms_connected",
                 "Village classrooms connected to a lesson",
             ),
-            peers: gauge("peers", "WebRTC peer connections"),
+            peers: gauge("tongbu_peers", "WebRTC peer connections"),
             frames_in: counter(
-                "media_frames_received_total",
+                "tongbu_media_frames_received_total",
                 "Media frames received from publishers",
             ),
             frames_out: counter(
-                "media_frames_forwarded_total",
+                "tongbu_media_frames_forwarded_total",
                 "Media frames forwarded to subscribers",
             ),
             bytes_out: counter(
-                "media_forwarded_bytes_total",
+                "tongbu_media_forwarded_bytes_total",
                 "Media payload bytes forwarded to subscribers",
             ),
             keyframe_requests: counter(
-                "keyframe_requests_total",
+                "tongbu_keyframe_requests_total",
                 "Keyframe requests sent to publishers",
             ),
-            calls_on: counter("calls_on_total", "Times a classroom was called on"),
+            calls_on: counter("tongbu_calls_on_total", "Times a classroom was called on"),
             signaling_errors,
             registry,
         }

@@ -26,12 +26,14 @@ pub struct ServerConfig {
     pub http: SocketAddr,
     pub udp: SocketAddr,
     pub public_ips: Vec<IpAddr>,
-    /// Where the token secret and the usage database live; `None` keeps everything in memory.
+    /// Where the token secret and the usage database live; `None`: a fresh temporary directory.
     pub data_dir: Option<PathBuf>,
     pub directory: Directory,
     /// Start a demo lesson hosted by the directory's first central-school classroom.
     pub demo: bool,
     pub tuning: crate::bwe::Tuning,
+    /// Dates in usage reports are in this zone.
+    pub time_zone: chrono_tz::Tz,
     /// `false`: no estimate, always the top layer (the comparison baseline).
     pub adaptation: bool,
     /// Where each new peer's bandwidth estimate starts, bits per second.
@@ -49,6 +51,7 @@ impl ServerConfig {
             directory: Directory::demo(),
             demo: true,
             tuning: crate::bwe::Tuning::default(),
+            time_zone: chrono_tz::Asia::Shanghai,
             adaptation: true,
             initial_estimate_bps: DEFAULT_INITIAL_ESTIMATE_BPS,
         }
@@ -65,6 +68,12 @@ pub enum ServerError {
     DataDir(PathBuf, std::io::Error),
     #[error("demo lesson: {0}")]
     Demo(String),
+    #[error("usage store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("usage service: {0}")]
+    Usage(#[from] crate::usage::UsageError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -82,6 +91,9 @@ pub struct RunningServer {
     pub metrics: Arc<Metrics>,
     pub demo: Option<DemoLesson>,
     pub directory: Arc<Directory>,
+    pub data_dir: PathBuf,
+    /// The usage service; `shutdown` flushes open sessions.
+    pub usage: crate::usage::UsageHandle,
 }
 
 impl RunningServer {
@@ -97,11 +109,15 @@ impl RunningServer {
     }
 }
 
+/// A fresh directory under the system's temporary directory, for servers given none.
+fn temp_data_dir() -> PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("tongbu-{}-{n}", std::process::id()))
+}
+
 /// The token secret: kept in the data directory so links survive a restart.
-fn load_or_create_key(data_dir: Option<&PathBuf>) -> Result<TokenKey, ServerError> {
-    let Some(dir) = data_dir else {
-        return Ok(TokenKey::random());
-    };
+fn load_or_create_key(dir: &PathBuf) -> Result<TokenKey, ServerError> {
     let err = |e| ServerError::DataDir(dir.clone(), e);
     std::fs::create_dir_all(dir).map_err(err)?;
     let path = dir.join("secret.key");
@@ -121,16 +137,31 @@ fn load_or_create_key(data_dir: Option<&PathBuf>) -> Result<TokenKey, ServerErro
 }
 
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
-    let key = load_or_create_key(cfg.data_dir.as_ref())?;
-    let directory = Arc::new(cfg.directory.clone());
+    let data_dir = cfg.data_dir.clone().unwrap_or_else(temp_data_dir);
+    let key = load_or_create_key(&data_dir)?;
+    let db_path = data_dir.join("usage.db");
+    // The database holds the directory after the first start; `cfg.directory` only seeds it.
+    let admin =
+        crate::http::admin::AdminState::open(&db_path, key.clone(), &cfg.directory, cfg.time_zone)?;
+    let shared_directory = admin.directory();
+    // The engine works on a snapshot; directory edits reach new lessons after a restart.
+    let directory = Arc::new(
+        shared_directory
+            .read()
+            .map(|d| d.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone()),
+    );
     let metrics = Arc::new(Metrics::new());
-    let (usage_tx, mut usage_rx) = mpsc::unbounded_channel();
-    // Until usage storage is wired in, usage facts are logged at debug level.
-    tokio::spawn(async move {
-        while let Some(event) = usage_rx.recv().await {
-            tracing::debug!(?event, "usage");
-        }
-    });
+    let usage_metrics =
+        crate::usage::metrics::UsageMetrics::new(&metrics.registry, shared_directory)?;
+    let (usage_tx, usage_rx) = mpsc::unbounded_channel();
+    let usage = crate::usage::start(
+        db_path,
+        crate::usage::UsageConfig::default(),
+        usage_rx,
+        Some(usage_metrics),
+    )
+    .await?;
     let engine = engine::spawn(EngineConfig {
         udp_bind: cfg.udp,
         public_ips: cfg.public_ips.clone(),
@@ -158,6 +189,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         metrics: metrics.clone(),
         demo: None,
         directory: directory.clone(),
+        data_dir,
+        usage,
     };
     let mut demo_links = None;
     if cfg.demo {
@@ -208,7 +241,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         engine,
         metrics,
         demo_links,
-    });
+    })
+    .merge(crate::http::admin::router(admin));
     tokio::spawn(async move {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, service).await {

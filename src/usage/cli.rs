@@ -35,7 +35,7 @@ pub enum CliError {
 #[derive(Debug, Clone, clap::Args)]
 pub struct UsageExportArgs {
     /// SQLite database file.
-    #[arg(long, default_value = "tongbu.db")]
+    #[arg(long, default_value = "tongbu-data/usage.db")]
     pub db: PathBuf,
     /// First day, inclusive (default: 29 days before --to).
     #[arg(long)]
@@ -104,7 +104,7 @@ impl UsageExportArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminTokenArgs {
     /// File holding the server's token secret.
-    #[arg(long)]
+    #[arg(long, default_value = "tongbu-data/secret.key")]
     pub secret_file: PathBuf,
     /// Scope: the whole city.
     #[arg(long, conflicts_with_all = ["county", "school"])]
@@ -149,7 +149,7 @@ pub fn mint_admin_token(key: &TokenKey, scope: AdminScope, exp: i64) -> String {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DirectoryImportArgs {
-    #[arg(long, default_value = "tongbu.db")]
+    #[arg(long, default_value = "tongbu-data/usage.db")]
     pub db: PathBuf,
     /// A `.toml` or `.csv` directory file.
     pub file: PathBuf,
