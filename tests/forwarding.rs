@@ -103,8 +103,8 @@ async fn layer_switch_changes_width_on_a_keyframe_with_continuous_timestamps() {
             |s| {
                 s.received
                     .iter()
-                    .skip(seen_at)
                     .filter(|r| r.mid == mid)
+                    .skip(seen_at)
                     .find(|r| r.width == Some(width))
                     .map(|_| ())
             },
@@ -130,7 +130,8 @@ async fn layer_switch_changes_width_on_a_keyframe_with_continuous_timestamps() {
     let last_key = frames.iter().rposition(|f| f.width == Some(640)).unwrap();
     assert!(
         frames[last_key + 1..].iter().all(|f| f.len == 400),
-        "only the middle layer flows after switching to it"
+        "only the middle layer flows after switching to it: {:?}",
+        frames[last_key..].iter().map(|f| (f.len, f.width)).collect::<Vec<_>>()
     );
 }
 
