@@ -29,6 +29,10 @@
     }
   };
 
+  /** Errors after which the client reconnects (the server closes, but a new join will work). */
+  var RETRYABLE = { media_lost: true, idle_timeout: true, internal: true, rate_limited: false };
+  function isRetryable(err) { return !!(err && RETRYABLE[err.code]); }
+
   function log() {
     var args = Array.prototype.slice.call(arguments);
     args.unshift('[tongbu]');
@@ -616,6 +620,7 @@
     copyText: copyText,
     expose: expose,
     sleep: sleep,
-    log: log
+    log: log,
+    isRetryable: isRetryable
   };
 })();

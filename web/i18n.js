@@ -84,6 +84,9 @@
       err_unknown_classroom: '未知的教室。',
       err_bad_sdp: '音视频协商失败。',
       err_unsupported_version: '页面版本过旧，请刷新页面。',
+      err_media_lost: '音视频连接中断，正在重新连接…',
+      err_idle_timeout: '连接超时，正在重新连接…',
+      err_internal: '服务器内部错误，正在重新连接…',
       err_generic: '出错了：{msg}'
     },
     en: {
@@ -160,6 +163,9 @@
       err_unknown_classroom: 'Unknown classroom.',
       err_bad_sdp: 'Audio/video negotiation failed.',
       err_unsupported_version: 'This page is outdated, please reload it.',
+      err_media_lost: 'Audio/video connection lost, reconnecting…',
+      err_idle_timeout: 'Connection timed out, reconnecting…',
+      err_internal: 'Server error, reconnecting…',
       err_generic: 'Error: {msg}'
     }
   };
