@@ -41,9 +41,9 @@ pub enum AdminScope {
 impl Claims {
     pub fn exp(&self) -> i64 {
         match self {
-            Claims::Teacher { exp, .. } | Claims::Classroom { exp, .. } | Claims::Admin { exp, .. } => {
-                *exp
-            }
+            Claims::Teacher { exp, .. }
+            | Claims::Classroom { exp, .. }
+            | Claims::Admin { exp, .. } => *exp,
         }
     }
 }
@@ -165,6 +165,9 @@ mod tests {
         );
         assert_eq!(key.verify("no-dot", 50), Err(TokenError::Malformed));
         assert_eq!(key.verify("a.!!!", 50), Err(TokenError::Malformed));
-        assert_eq!(key.verify(&"a".repeat(5000), 50), Err(TokenError::Malformed));
+        assert_eq!(
+            key.verify(&"a".repeat(5000), 50),
+            Err(TokenError::Malformed)
+        );
     }
 }

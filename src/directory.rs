@@ -141,7 +141,8 @@ impl Directory {
     }
 
     pub fn school_of(&self, classroom_id: &str) -> Option<&School> {
-        self.classroom(classroom_id).and_then(|c| self.school(&c.school))
+        self.classroom(classroom_id)
+            .and_then(|c| self.school(&c.school))
     }
 
     /// The village classrooms a host classroom invites by default: every classroom of a village

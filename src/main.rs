@@ -1,1 +1,134 @@
-fn main() {}
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use tongbu::auth::Claims;
+use tongbu::directory::Directory;
+use tongbu::server::{self, ServerConfig};
+
+/// tongbu: WebRTC SFU for synchronized interactive classrooms.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (defaults: loopback only, a demo lesson, data in ./tongbu-data).
+    Serve(ServeArgs),
+    /// Print the signaling protocol's JSON schema (the content of proto/schema.json).
+    Schema,
+    /// Mint a teacher token for a host classroom.
+    Token {
+        /// Host classroom id from the directory.
+        #[arg(long)]
+        classroom: String,
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+        #[arg(long, default_value = "tongbu-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// HTTP + WebSocket address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// The one UDP address every peer's media uses.
+    #[arg(long, default_value = "127.0.0.1:10000")]
+    udp: SocketAddr,
+    /// Address to advertise in ICE candidates (repeat for IPv4 and IPv6); default: the UDP bind address.
+    #[arg(long = "public-ip")]
+    public_ips: Vec<IpAddr>,
+    /// Where the token secret and usage database live.
+    #[arg(long, default_value = "tongbu-data")]
+    data_dir: PathBuf,
+    /// Directory TOML (counties, schools, classrooms); default: the embedded demo directory.
+    #[arg(long)]
+    directory: Option<PathBuf>,
+    /// Do not start the demo lesson.
+    #[arg(long)]
+    no_demo: bool,
+}
+
+fn load_directory(path: Option<&PathBuf>) -> anyhow::Result<Directory> {
+    match path {
+        None => Ok(Directory::demo()),
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Directory::from_toml(&text).with_context(|| format!("loading {}", p.display()))
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "tongbu=info,str0m=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Cmd::Schema => print!("{}", tongbu::signal::message::schema_json()),
+        Cmd::Token {
+            classroom,
+            days,
+            data_dir,
+        } => {
+            let secret = std::fs::read(data_dir.join("secret.key"))
+                .context("no token secret yet: run `tongbu serve` once with this --data-dir")?;
+            let key = tongbu::auth::TokenKey::new(secret);
+            println!(
+                "{}",
+                key.sign(&Claims::Teacher {
+                    classroom,
+                    exp: tongbu::auth::now_unix() + days * 86_400,
+                })
+            );
+        }
+        Cmd::Serve(args) => {
+            let cfg = ServerConfig {
+                http: args.http,
+                udp: args.udp,
+                public_ips: args.public_ips,
+                data_dir: Some(args.data_dir),
+                directory: load_directory(args.directory.as_ref())?,
+                demo: !args.no_demo,
+            };
+            let running = server::start(cfg).await?;
+            let base = running.base_url();
+            println!("tongbu serving on {base} (media UDP {})", running.udp_addr);
+            if let Some(demo) = &running.demo {
+                println!("Teacher (主讲教室):   {}", demo.teacher_url);
+                for c in &demo.classrooms {
+                    println!("Classroom {} — code {}: {}", c.name, c.code, c.link);
+                }
+                println!("Classrooms can also open {base}/classroom and type their code.");
+                let ready = serde_json::json!({
+                    "http": base,
+                    "udp": running.udp_addr.to_string(),
+                    "teacher_url": demo.teacher_url,
+                    "lesson_id": demo.lesson_id,
+                    "classrooms": demo.classrooms,
+                });
+                println!("TONGBU_READY {ready}");
+            } else {
+                println!(
+                    "TONGBU_READY {}",
+                    serde_json::json!({"http": base, "udp": running.udp_addr.to_string()})
+                );
+            }
+            tokio::signal::ctrl_c().await.ok();
+            println!("shutting down");
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,3 @@
-fn main() { println!("loadtest: see README"); }
+fn main() {
+    println!("loadtest: see README");
+}

@@ -152,13 +152,22 @@ pub enum ServerMessage {
         invites: Vec<Invite>,
     },
     /// The lesson's current state; sent to everyone in the lesson after every change.
-    LessonState { lesson: LessonView },
+    LessonState {
+        lesson: LessonView,
+    },
     /// A server offer: what the client should now receive. `tracks` names every receiving mid.
-    Offer { sdp: String, tracks: Vec<TrackInfo> },
+    Offer {
+        sdp: String,
+        tracks: Vec<TrackInfo>,
+    },
     /// The server's answer to a client offer.
-    Answer { sdp: String },
+    Answer {
+        sdp: String,
+    },
     /// The lesson ended; the server closes the connection after this message.
-    LessonEnded { reason: EndReason },
+    LessonEnded {
+        reason: EndReason,
+    },
     /// A newer connection for the same classroom replaced this one; the server closes it.
     Replaced,
     /// Something the client sent was refused. The connection stays open unless `fatal`.
@@ -259,6 +268,10 @@ pub enum ErrorCode {
     UnknownClassroom,
     /// The SDP could not be parsed or negotiated.
     BadSdp,
+    /// The media connection (ICE/DTLS) was lost; the client should reconnect.
+    MediaLost,
+    /// The client sent nothing (not even `ping`) for too long.
+    IdleTimeout,
     Internal,
 }
 
@@ -278,6 +291,8 @@ impl ErrorCode {
             ErrorCode::LessonActive => "lesson_active",
             ErrorCode::UnknownClassroom => "unknown_classroom",
             ErrorCode::BadSdp => "bad_sdp",
+            ErrorCode::MediaLost => "media_lost",
+            ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::Internal => "internal",
         }
     }

@@ -1,0 +1,71 @@
+//! Bandwidth allocation and layer selection per subscriber; pure logic (sans-IO).
+//!
+//! str0m estimates the egress bitrate (`Event::EgressBitrateEstimate`); this module decides what to do
+//! with it. Nothing here reads the clock or touches a socket: `now` comes in, decisions go out.
+//!
+//! - [`rates`]: per-layer bitrates of a publisher's simulcast layers, measured from the frames it sends.
+//! - [`allocate()`]: split one subscriber's estimate across its tracks by priority.
+//! - [`select`]: per (subscriber, video track) layer selector: max / target / current, with hysteresis.
+//! - [`keyframe`]: keyframe requests throttled and shared across subscribers of a publisher layer.
+//!
+//! One estimate update runs `rates` → `allocate` → `select::LayerSelector::on_allocation`; every
+//! forwarded frame runs `LayerSelector::on_frame`; `LayerSelector::keyframe_request` goes through
+//! `KeyframeThrottle::request` before a PLI reaches the publisher.
+
+pub mod allocate;
+pub mod keyframe;
+pub mod rates;
+pub mod select;
+
+use std::time::Duration;
+
+pub use allocate::{
+    allocate, Allocation, LayerBitrate, LayerChoice, Priority, TrackAllocation, TrackDemand,
+};
+pub use keyframe::{keyframe_needed, KeyframeThrottle};
+pub use rates::{LayerRates, MAX_LAYERS};
+pub use select::{FrameDecision, FrameInfo, KeyframeRequest, LayerSelector};
+
+/// The knobs of bandwidth adaptation, with defaults chosen for rural links (256 kbit/s–2 Mbit/s,
+/// 60–600 ms RTT, bursty loss); see each field for why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tuning {
+    /// Fraction of the estimate the allocator hands out. 0.9: GCC estimates track the bottleneck
+    /// closely, and the rest absorbs RTX retransmissions, keyframe bursts and estimate noise.
+    pub headroom: f64,
+    /// Any video layer is costed at least this much, so video pauses rather than ride on a layer whose
+    /// measured rate is near zero (a static slide measures a few kbit/s, then one change bursts).
+    /// 30 kbit/s: about the lowest rate at which VP8 at 160×90 still shows a face.
+    pub min_video_layer_bps: u64,
+    /// How long a higher allocation must hold before the selector steps up. 3 s: long enough to ride
+    /// out GCC's probe-and-back-off cycles, short enough that a recovered link is used soon.
+    pub up_hold: Duration,
+    /// Cap on the up-hold after repeated down-steps (it doubles per recent down-step). 10 s: a
+    /// flapping link settles on the lower layer; a recovered one still climbs within seconds.
+    pub up_hold_max: Duration,
+    /// How long a down-step counts as recent for the back-off. 30 s: a few GCC cycles.
+    pub down_memory: Duration,
+    /// Least time between keyframe requests for one publisher layer (and per subscriber retry).
+    /// 500 ms: one keyframe per half second at most on a weak uplink, yet a lost one is retried soon.
+    pub keyframe_interval: Duration,
+    /// Sliding window over which layer bitrates are measured. 1 s: thirty frames of camera video.
+    pub rate_window: Duration,
+    /// A layer with no frame for this long is unavailable to the allocator. 2 s: twice the window,
+    /// so a low-frame-rate screen share is not declared gone between two frames.
+    pub layer_stale_after: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            headroom: 0.9,
+            min_video_layer_bps: 30_000,
+            up_hold: Duration::from_secs(3),
+            up_hold_max: Duration::from_secs(10),
+            down_memory: Duration::from_secs(30),
+            keyframe_interval: Duration::from_millis(500),
+            rate_window: Duration::from_secs(1),
+            layer_stale_after: Duration::from_secs(2),
+        }
+    }
+}

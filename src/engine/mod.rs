@@ -1,0 +1,488 @@
+//! The engine: one tokio task that owns the UDP socket, every peer's str0m `Rtc`, and the
+//! lessons. Signaling sessions talk to it through [`Command`]s and get [`Outbound`] messages
+//! back; nothing is shared, so nothing is locked.
+//!
+//! Loop (str0m's single-mutation rule): take one input (datagram, timeout or command), then
+//! drain every touched `Rtc` until it returns a timeout, handling the events it produced, which
+//! may touch other peers (forwarded media), which are drained in turn.
+
+mod commands;
+mod media;
+mod routes;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::TokenKey;
+use crate::directory::Directory;
+use crate::lesson::Registry;
+use crate::media::keyframe::KeyframeThrottle;
+use crate::media::peer::Peer;
+use crate::metrics::Metrics;
+use crate::signal::message::{ClientMessage, Invite, Role, ServerMessage};
+use crate::signal::ConnId;
+use crate::usage::event::UsageEvent;
+
+/// Outbound messages queued per connection before the engine gives up on a slow reader.
+pub const OUTBOX_CAPACITY: usize = 256;
+/// Usage samples and lesson housekeeping run this often.
+const TICK: Duration = Duration::from_secs(1);
+/// Largest UDP datagram read.
+const RECV_BUF: usize = 2048;
+
+/// What the engine sends to a signaling session.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // Nearly every item is a message; boxing would only add work.
+pub enum Outbound {
+    Message(ServerMessage),
+    /// Close the connection after the messages before it.
+    Close,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    /// A signaling connection opened.
+    Open {
+        conn: ConnId,
+        addr: IpAddr,
+        outbox: mpsc::Sender<Outbound>,
+    },
+    Message {
+        conn: ConnId,
+        msg: ClientMessage,
+    },
+    /// The signaling connection closed.
+    Close {
+        conn: ConnId,
+    },
+    /// Start a lesson without a teacher connection (the demo lesson at startup).
+    StartLesson {
+        host: String,
+        title: String,
+        invited: Vec<String>,
+        reply: oneshot::Sender<Result<StartedLesson, String>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<EngineSnapshot>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct StartedLesson {
+    pub lesson_id: String,
+    pub invites: Vec<Invite>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct EngineSnapshot {
+    pub lessons: usize,
+    pub connections: usize,
+    pub peers: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot bind UDP {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("no address to advertise: bind a specific IP or set a public IP")]
+    NoAdvertisedAddress,
+}
+
+pub struct EngineConfig {
+    pub udp_bind: SocketAddr,
+    /// Addresses put in ICE candidates; defaults to the bound address.
+    pub public_ips: Vec<IpAddr>,
+    pub key: TokenKey,
+    pub directory: Arc<Directory>,
+    pub usage: mpsc::UnboundedSender<UsageEvent>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Cloneable handle for the HTTP side.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    next_conn: Arc<AtomicU64>,
+    pub udp_addr: SocketAddr,
+}
+
+impl EngineHandle {
+    pub fn next_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub async fn send(&self, cmd: Command) -> bool {
+        self.tx.send(cmd).await.is_ok()
+    }
+
+    pub async fn start_lesson(
+        &self,
+        host: &str,
+        title: &str,
+        invited: Vec<String>,
+    ) -> Result<StartedLesson, String> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::StartLesson {
+            host: host.into(),
+            title: title.into(),
+            invited,
+            reply,
+        };
+        if !self.send(cmd).await {
+            return Err("engine stopped".into());
+        }
+        rx.await.map_err(|_| "engine stopped".to_string())?
+    }
+
+    pub async fn snapshot(&self) -> Option<EngineSnapshot> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Snapshot { reply }).await.then_some(())?;
+        rx.await.ok()
+    }
+}
+
+/// Who a connection is, once it has joined.
+#[derive(Debug, Clone)]
+pub(crate) struct Joined {
+    pub role: Role,
+    pub classroom_id: String,
+    pub lesson_id: Option<String>,
+}
+
+pub(crate) struct Conn {
+    pub addr: IpAddr,
+    pub outbox: mpsc::Sender<Outbound>,
+    pub joined: Option<Joined>,
+    pub peer: Option<Peer>,
+    /// Usage counters at the last sample.
+    pub sampled: PeerTotals,
+    pub latest: PeerTotals,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PeerTotals {
+    pub bytes_rx: u64,
+    pub bytes_tx: u64,
+    pub loss: Option<f32>,
+    pub rtt_ms: Option<f32>,
+}
+
+pub(crate) struct Engine {
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    candidates: Vec<SocketAddr>,
+    key: TokenKey,
+    dir: Arc<Directory>,
+    usage: mpsc::UnboundedSender<UsageEvent>,
+    metrics: Arc<Metrics>,
+    conns: HashMap<ConnId, Conn>,
+    registry: Registry,
+    /// Remote address → connection, learnt from accepted datagrams.
+    by_remote: HashMap<SocketAddr, ConnId>,
+    keyframes: KeyframeThrottle,
+    /// Connections whose `Rtc` has new input and must be drained.
+    dirty: Vec<ConnId>,
+    /// Events drained from `Rtc`s, handled after the drain so no two peers are borrowed at once.
+    events: VecDeque<(ConnId, Event)>,
+    /// Connections whose lesson routes changed.
+    reroute: Vec<String>,
+}
+
+/// Binds the UDP port and spawns the engine task.
+pub async fn spawn(cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
+    let socket = UdpSocket::bind(cfg.udp_bind)
+        .await
+        .map_err(|e| EngineError::Bind(cfg.udp_bind, e))?;
+    let local_addr = socket
+        .local_addr()
+        .map_err(|e| EngineError::Bind(cfg.udp_bind, e))?;
+    let candidates: Vec<SocketAddr> = if cfg.public_ips.is_empty() {
+        if local_addr.ip().is_unspecified() {
+            return Err(EngineError::NoAdvertisedAddress);
+        }
+        vec![local_addr]
+    } else {
+        cfg.public_ips
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, local_addr.port()))
+            .collect()
+    };
+    let (tx, rx) = mpsc::channel(1024);
+    let engine = Engine {
+        socket,
+        local_addr,
+        candidates,
+        key: cfg.key,
+        dir: cfg.directory,
+        usage: cfg.usage,
+        metrics: cfg.metrics,
+        conns: HashMap::new(),
+        registry: Registry::default(),
+        by_remote: HashMap::new(),
+        keyframes: KeyframeThrottle::default(),
+        dirty: Vec::new(),
+        events: VecDeque::new(),
+        reroute: Vec::new(),
+    };
+    tokio::spawn(engine.run(rx));
+    Ok(EngineHandle {
+        tx,
+        next_conn: Arc::new(AtomicU64::new(1)),
+        udp_addr: local_addr,
+    })
+}
+
+impl Engine {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut buf = vec![0u8; RECV_BUF];
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let deadline = self.next_deadline().min(next_tick);
+            tokio::select! {
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.handle_command(cmd, Instant::now());
+                }
+                res = self.socket.recv_from(&mut buf) => {
+                    match res {
+                        Ok((n, source)) => self.handle_datagram(&buf[..n], source, Instant::now()),
+                        // ICMP port unreachable from a vanished peer shows up here; not fatal.
+                        Err(e) => tracing::debug!("UDP receive error: {e}"),
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    let now = Instant::now();
+                    self.handle_timeouts(now);
+                    if now >= next_tick {
+                        self.tick(now);
+                        next_tick = now + TICK;
+                    }
+                }
+            }
+            self.settle(Instant::now());
+        }
+        tracing::info!("engine stopped");
+    }
+
+    fn next_deadline(&self) -> Instant {
+        self.conns
+            .values()
+            .filter_map(|c| c.peer.as_ref().map(|p| p.next_timeout))
+            .min()
+            .unwrap_or_else(|| Instant::now() + TICK)
+    }
+
+    fn handle_datagram(&mut self, data: &[u8], source: SocketAddr, now: Instant) {
+        let Ok(contents) = data.try_into() else {
+            // Not STUN, DTLS, RTP or RTCP: nothing of ours.
+            return;
+        };
+        let destination = self.destination_for(source);
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        let owner = self
+            .by_remote
+            .get(&source)
+            .copied()
+            .filter(|id| self.peer_accepts(*id, &input))
+            .or_else(|| {
+                self.conns
+                    .iter()
+                    .find(|(_, c)| c.peer.as_ref().is_some_and(|p| p.rtc.accepts(&input)))
+                    .map(|(id, _)| *id)
+            });
+        let Some(id) = owner else {
+            return;
+        };
+        self.by_remote.insert(source, id);
+        if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
+            if let Err(e) = peer.rtc.handle_input(input) {
+                tracing::warn!(%id, "peer input error, disconnecting: {e}");
+                peer.rtc.disconnect();
+            }
+            self.mark_dirty(id);
+        }
+    }
+
+    fn peer_accepts(&self, id: ConnId, input: &Input) -> bool {
+        self.conns
+            .get(&id)
+            .and_then(|c| c.peer.as_ref())
+            .is_some_and(|p| p.rtc.accepts(input))
+    }
+
+    /// The local address a datagram from `source` was sent to, as str0m knows it.
+    fn destination_for(&self, source: SocketAddr) -> SocketAddr {
+        self.candidates
+            .iter()
+            .find(|c| c.is_ipv4() == source.is_ipv4())
+            .copied()
+            .unwrap_or(self.local_addr)
+    }
+
+    fn handle_timeouts(&mut self, now: Instant) {
+        let due: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.peer.as_ref().is_some_and(|p| p.next_timeout <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
+                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                    tracing::warn!(%id, "peer timeout error, disconnecting: {e}");
+                    peer.rtc.disconnect();
+                }
+            }
+            self.mark_dirty(id);
+        }
+    }
+
+    pub(crate) fn mark_dirty(&mut self, id: ConnId) {
+        if !self.dirty.contains(&id) {
+            self.dirty.push(id);
+        }
+    }
+
+    /// Drains dirty peers and handles their events until nothing is left to do.
+    fn settle(&mut self, now: Instant) {
+        loop {
+            while let Some(id) = self.dirty.pop() {
+                self.drain(id, now);
+            }
+            if let Some((id, event)) = self.events.pop_front() {
+                self.handle_event(id, event, now);
+                continue;
+            }
+            if let Some(lesson_id) = self.reroute.pop() {
+                self.apply_routes(&lesson_id);
+                continue;
+            }
+            if self.dirty.is_empty() {
+                break;
+            }
+        }
+        self.reap_dead_peers();
+    }
+
+    /// Polls one peer's `Rtc` until it returns a timeout, sending its datagrams and queueing its
+    /// events.
+    fn drain(&mut self, id: ConnId, now: Instant) {
+        let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) else {
+            return;
+        };
+        loop {
+            if !peer.rtc.is_alive() {
+                peer.next_timeout = now;
+                return;
+            }
+            match peer.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    peer.next_timeout = t;
+                    return;
+                }
+                Ok(Output::Transmit(t)) => {
+                    // A full socket buffer drops the datagram, as the network would.
+                    if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
+                        if e.kind() != std::io::ErrorKind::WouldBlock {
+                            tracing::debug!(%id, "UDP send error: {e}");
+                        }
+                    }
+                }
+                Ok(Output::Event(event)) => self.events.push_back((id, event)),
+                Err(e) => {
+                    tracing::warn!(%id, "peer failed, disconnecting: {e}");
+                    peer.rtc.disconnect();
+                }
+            }
+        }
+    }
+
+    /// Removes peers whose `Rtc` died (ICE timeout, DTLS failure) and tells their client.
+    fn reap_dead_peers(&mut self) {
+        let dead: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.peer.as_ref().is_some_and(|p| !p.rtc.is_alive()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            tracing::info!(%id, "media connection lost");
+            self.send(
+                id,
+                ServerMessage::fatal(
+                    crate::signal::message::ErrorCode::MediaLost,
+                    "媒体连接中断，正在重新连接 / media connection lost, reconnecting",
+                ),
+            );
+            self.close_conn(id);
+        }
+    }
+
+    /// Queues a message for a connection; a connection that cannot keep up is closed.
+    pub(crate) fn send(&mut self, id: ConnId, msg: ServerMessage) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        if conn.outbox.try_send(Outbound::Message(msg)).is_err() {
+            tracing::warn!(%id, "signaling outbox full, closing");
+            let _ = conn.outbox.try_send(Outbound::Close);
+        }
+    }
+
+    pub(crate) fn usage(&self, event: UsageEvent) {
+        // The usage service outlives the engine; if it is gone the server is shutting down.
+        let _ = self.usage.send(event);
+    }
+
+    pub(crate) fn handle_event(&mut self, id: ConnId, event: Event, now: Instant) {
+        match event {
+            Event::MediaAdded(added) => self.on_media_added(id, added),
+            Event::MediaData(data) => self.forward_media(id, data, now),
+            Event::KeyframeRequest(req) => self.relay_keyframe_request(id, req, now),
+            Event::EgressBitrateEstimate(kind) => self.on_estimate(id, kind),
+            Event::PeerStats(stats) => {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.latest = PeerTotals {
+                        bytes_rx: stats.peer_bytes_rx,
+                        bytes_tx: stats.peer_bytes_tx,
+                        loss: stats.egress_loss_fraction,
+                        rtt_ms: stats.rtt.map(|d| d.as_secs_f32() * 1000.0),
+                    };
+                }
+            }
+            Event::IceConnectionStateChange(state) => {
+                tracing::debug!(%id, ?state, "ICE state");
+                if state == str0m::IceConnectionState::Disconnected {
+                    if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
+                        peer.rtc.disconnect();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The host candidates for a new peer.
+pub(crate) fn host_candidates(addrs: &[SocketAddr]) -> Vec<Candidate> {
+    addrs
+        .iter()
+        .filter_map(|a| Candidate::host(*a, "udp").ok())
+        .collect()
+}

@@ -1,0 +1,204 @@
+//! Assembles a running server: engine, usage pipeline, HTTP. Used by `tongbu serve` and by
+//! tests that want a real server in-process.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::auth::{now_unix, Claims, TokenKey};
+use crate::directory::Directory;
+use crate::engine::{self, EngineConfig, EngineHandle};
+use crate::metrics::Metrics;
+use crate::signal::message::Invite;
+
+/// How long the demo teacher link printed at startup stays valid.
+const DEMO_TEACHER_TOKEN_SECS: i64 = 30 * 24 * 3600;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub http: SocketAddr,
+    pub udp: SocketAddr,
+    pub public_ips: Vec<IpAddr>,
+    /// Where the token secret and the usage database live; `None` keeps everything in memory.
+    pub data_dir: Option<PathBuf>,
+    pub directory: Directory,
+    /// Start a demo lesson hosted by the directory's first central-school classroom.
+    pub demo: bool,
+}
+
+impl ServerConfig {
+    /// Loopback only, ephemeral ports, demo directory, nothing on disk: for tests.
+    pub fn ephemeral() -> ServerConfig {
+        ServerConfig {
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            udp: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_ips: Vec::new(),
+            data_dir: None,
+            directory: Directory::demo(),
+            demo: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    #[error("cannot bind HTTP {0}: {1}")]
+    Http(SocketAddr, std::io::Error),
+    #[error("data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error("demo lesson: {0}")]
+    Demo(String),
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DemoLesson {
+    pub lesson_id: String,
+    pub teacher_url: String,
+    pub classrooms: Vec<Invite>,
+}
+
+pub struct RunningServer {
+    pub http_addr: SocketAddr,
+    pub udp_addr: SocketAddr,
+    pub key: TokenKey,
+    pub engine: EngineHandle,
+    pub metrics: Arc<Metrics>,
+    pub demo: Option<DemoLesson>,
+    pub directory: Arc<Directory>,
+}
+
+impl RunningServer {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    pub fn teacher_token(&self, classroom: &str) -> String {
+        self.key.sign(&Claims::Teacher {
+            classroom: classroom.to_string(),
+            exp: now_unix() + DEMO_TEACHER_TOKEN_SECS,
+        })
+    }
+}
+
+/// The token secret: kept in the data directory so links survive a restart.
+fn load_or_create_key(data_dir: Option<&PathBuf>) -> Result<TokenKey, ServerError> {
+    let Some(dir) = data_dir else {
+        return Ok(TokenKey::random());
+    };
+    let err = |e| ServerError::DataDir(dir.clone(), e);
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let path = dir.join("secret.key");
+    match std::fs::read(&path) {
+        Ok(secret) if secret.len() >= 32 => Ok(TokenKey::new(secret)),
+        _ => {
+            let secret: [u8; 32] = rand::random();
+            std::fs::write(&path, secret).map_err(err)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+            }
+            Ok(TokenKey::new(secret.to_vec()))
+        }
+    }
+}
+
+pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
+    let key = load_or_create_key(cfg.data_dir.as_ref())?;
+    let directory = Arc::new(cfg.directory.clone());
+    let metrics = Arc::new(Metrics::new());
+    let (usage_tx, mut usage_rx) = mpsc::unbounded_channel();
+    // Until usage storage is wired in, usage facts are logged at debug level.
+    tokio::spawn(async move {
+        while let Some(event) = usage_rx.recv().await {
+            tracing::debug!(?event, "usage");
+        }
+    });
+    let engine = engine::spawn(EngineConfig {
+        udp_bind: cfg.udp,
+        public_ips: cfg.public_ips.clone(),
+        key: key.clone(),
+        directory: directory.clone(),
+        usage: usage_tx,
+        metrics: metrics.clone(),
+    })
+    .await?;
+    let listener = TcpListener::bind(cfg.http)
+        .await
+        .map_err(|e| ServerError::Http(cfg.http, e))?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Http(cfg.http, e))?;
+
+    let mut server = RunningServer {
+        http_addr,
+        udp_addr: engine.udp_addr,
+        key,
+        engine: engine.clone(),
+        metrics: metrics.clone(),
+        demo: None,
+        directory: directory.clone(),
+    };
+    let mut demo_links = None;
+    if cfg.demo {
+        let host = directory
+            .classrooms
+            .iter()
+            .find(|c| {
+                directory
+                    .school(&c.school)
+                    .is_some_and(|s| s.kind == crate::directory::SchoolKind::Central)
+            })
+            .map(|c| c.id.clone())
+            .ok_or_else(|| {
+                ServerError::Demo("the directory has no central-school classroom".into())
+            })?;
+        let invited = directory.default_invites(&host);
+        let started = engine
+            .start_lesson(&host, "示范课 Demo lesson", invited)
+            .await
+            .map_err(ServerError::Demo)?;
+        let base = server.base_url();
+        let demo = DemoLesson {
+            lesson_id: started.lesson_id,
+            teacher_url: format!("{base}/teacher?token={}", server.teacher_token(&host)),
+            classrooms: started
+                .invites
+                .into_iter()
+                .map(|mut i| {
+                    i.link = format!("{base}{}", i.link);
+                    i
+                })
+                .collect(),
+        };
+        let mut links = vec![(
+            "主讲教室（教师）/ Teacher".to_string(),
+            demo.teacher_url.clone(),
+        )];
+        links.extend(
+            demo.classrooms
+                .iter()
+                .map(|i| (format!("{} · 课堂码 {}", i.name, i.code), i.link.clone())),
+        );
+        demo_links = Some(Arc::new(links));
+        server.demo = Some(demo);
+    }
+
+    let app = crate::http::router(crate::http::AppState {
+        engine,
+        metrics,
+        demo_links,
+    });
+    tokio::spawn(async move {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
+            tracing::error!("HTTP server stopped: {e}");
+        }
+    });
+    Ok(server)
+}

@@ -1,0 +1,382 @@
+//! In-process test clients: a real str0m peer (client side, full ICE) plus a real WebSocket to a
+//! real tongbu server on loopback. Publishers send synthetic VP8 frames whose keyframes carry the
+//! layer's width in the VP8 header, so subscribers can tell which simulcast layer they receive.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::media::{Direction, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use tongbu::signal::message::{
+    ClientEnvelope, ClientMessage, ServerEnvelope, ServerMessage, SourceKind, TrackInfo,
+    TrackSource,
+};
+
+/// A simulcast layer a test publisher sends: rid and the width its keyframes announce.
+#[derive(Clone, Copy, Debug)]
+pub struct Layer {
+    pub rid: &'static str,
+    pub width: u16,
+}
+
+pub const TEACHER_LAYERS: [Layer; 3] = [
+    Layer {
+        rid: "q",
+        width: 320,
+    },
+    Layer {
+        rid: "h",
+        width: 640,
+    },
+    Layer {
+        rid: "f",
+        width: 1280,
+    },
+];
+pub const CLASSROOM_LAYERS: [Layer; 2] = [
+    Layer {
+        rid: "q",
+        width: 320,
+    },
+    Layer {
+        rid: "h",
+        width: 640,
+    },
+];
+
+/// One frame a subscriber received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub mid: Mid,
+    pub at: Instant,
+    pub rtp_time: u64,
+    pub keyframe: bool,
+    /// Width announced by the keyframe header, if this is a keyframe.
+    pub width: Option<u16>,
+    pub len: usize,
+}
+
+#[derive(Default)]
+pub struct ClientState {
+    pub messages: Vec<ServerMessage>,
+    pub received: Vec<Received>,
+    /// Every receiving mid and what the server said it carries.
+    pub tracks: HashMap<String, TrackInfo>,
+    pub closed: bool,
+    pub keyframe_requests: u32,
+}
+
+pub struct TestClient {
+    pub state: Arc<Mutex<ClientState>>,
+    tx: mpsc::UnboundedSender<ClientMessage>,
+}
+
+fn vp8_frame(keyframe: bool, width: u16, len: usize, n: u64) -> Vec<u8> {
+    let mut f = vec![0u8; len.max(16)];
+    // Frame tag: bit 0 = 0 marks a keyframe; show_frame bit set.
+    f[0] = if keyframe { 0x10 } else { 0x11 };
+    if keyframe {
+        f[3..6].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+        f[6..8].copy_from_slice(&width.to_le_bytes());
+        f[8..10].copy_from_slice(&(width * 9 / 16).to_le_bytes());
+    }
+    // Distinct content per frame so nothing can be deduplicated by accident.
+    f[12..16].copy_from_slice(&(n as u32).to_le_bytes());
+    f
+}
+
+fn width_of(frame: &[u8]) -> Option<u16> {
+    (frame.len() >= 10 && frame[0] & 1 == 0 && frame[3..6] == [0x9d, 0x01, 0x2a])
+        .then(|| u16::from_le_bytes([frame[6], frame[7]]))
+}
+
+impl TestClient {
+    /// Connects to `/ws`, sends `join`, and (when `layers` is non-empty) publishes audio and
+    /// simulcast video once joined.
+    pub async fn connect(http: SocketAddr, join: ClientMessage, layers: &[Layer]) -> TestClient {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/ws"))
+            .await
+            .expect("websocket connects");
+        let state = Arc::new(Mutex::new(ClientState::default()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(join).unwrap();
+        tokio::spawn(run_client(ws, rx, state.clone(), layers.to_vec()));
+        TestClient { state, tx }
+    }
+
+    pub fn send(&self, msg: ClientMessage) {
+        let _ = self.tx.send(msg);
+    }
+
+    pub async fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&ClientState) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f(&self.state.lock().unwrap()) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let s = self.state.lock().unwrap();
+                panic!(
+                    "timed out waiting for {what}; messages: {:?}; tracks: {:?}; frames received: {}",
+                    s.messages.iter().map(short).collect::<Vec<_>>(),
+                    s.tracks.values().collect::<Vec<_>>(),
+                    s.received.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for a server message matching `f`.
+    pub async fn wait_message<T>(&self, what: &str, f: impl Fn(&ServerMessage) -> Option<T>) -> T {
+        self.wait_for(what, Duration::from_secs(10), |s| {
+            s.messages.iter().find_map(&f)
+        })
+        .await
+    }
+
+    /// Mids of received video tracks published by `classroom_id`.
+    pub fn video_mid_from(&self, classroom_id: &str) -> Option<Mid> {
+        let s = self.state.lock().unwrap();
+        s.tracks
+            .values()
+            .find(|t| {
+                t.classroom_id == classroom_id
+                    && t.kind == tongbu::signal::message::MediaKind::Video
+            })
+            .map(|t| Mid::from(t.mid.as_str()))
+    }
+
+    pub fn frames_on(&self, mid: Mid) -> Vec<Received> {
+        self.state
+            .lock()
+            .unwrap()
+            .received
+            .iter()
+            .filter(|r| r.mid == mid)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until frames arrive on a video track from `classroom_id`, returning its mid.
+    pub async fn wait_video_from(&self, classroom_id: &str) -> Mid {
+        self.wait_for(
+            &format!("video frames from {classroom_id}"),
+            Duration::from_secs(15),
+            |s| {
+                let mid = s
+                    .tracks
+                    .values()
+                    .find(|t| {
+                        t.classroom_id == classroom_id
+                            && t.kind == tongbu::signal::message::MediaKind::Video
+                    })
+                    .map(|t| Mid::from(t.mid.as_str()))?;
+                (s.received.iter().filter(|r| r.mid == mid).count() >= 5).then_some(mid)
+            },
+        )
+        .await
+    }
+}
+
+fn short(m: &ServerMessage) -> String {
+    match m {
+        ServerMessage::Offer { tracks, .. } => format!("offer({} tracks)", tracks.len()),
+        ServerMessage::Answer { .. } => "answer".into(),
+        other => {
+            let s = serde_json::to_string(other).unwrap_or_default();
+            s.chars().take(160).collect()
+        }
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn send_ws(ws: &mut Ws, msg: ClientMessage) {
+    let text = serde_json::to_string(&ClientEnvelope::from(msg)).unwrap();
+    let _ = ws.send(Message::Text(text.into())).await;
+}
+
+async fn run_client(
+    mut ws: Ws,
+    mut outgoing: mpsc::UnboundedReceiver<ClientMessage>,
+    state: Arc<Mutex<ClientState>>,
+    layers: Vec<Layer>,
+) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = socket.local_addr().unwrap();
+    let mut rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+
+    let mut audio_mid = None;
+    let mut video_mid = None;
+    let mut pending = None;
+    let mut published = false;
+    let mut want_key: HashMap<Option<Rid>, bool> = HashMap::new();
+    let mut buf = vec![0u8; 2048];
+    let mut frame_n: u64 = 0;
+    let start = Instant::now();
+    let mut next_frame = Instant::now();
+    let mut timeout;
+
+    loop {
+        // Drain the Rtc.
+        loop {
+            match rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    timeout = t;
+                    break;
+                }
+                Ok(Output::Transmit(t)) => {
+                    let _ = socket.send_to(&t.contents, t.destination).await;
+                }
+                Ok(Output::Event(e)) => match e {
+                    Event::MediaData(d) => {
+                        state.lock().unwrap().received.push(Received {
+                            mid: d.mid,
+                            at: Instant::now(),
+                            rtp_time: d.time.numer(),
+                            keyframe: d.is_keyframe(),
+                            width: width_of(&d.data),
+                            len: d.data.len(),
+                        });
+                    }
+                    Event::KeyframeRequest(r) => {
+                        state.lock().unwrap().keyframe_requests += 1;
+                        want_key.insert(r.rid, true);
+                    }
+                    _ => {}
+                },
+                Err(_) => {
+                    state.lock().unwrap().closed = true;
+                    return;
+                }
+            }
+        }
+        let publishing = !layers.is_empty() && video_mid.is_some() && rtc.is_connected();
+        let wake = if publishing {
+            timeout.min(next_frame)
+        } else {
+            timeout
+        };
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, source)) = r {
+                    if let Ok(contents) = buf[..n].try_into() {
+                        let _ = rtc.handle_input(Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source, destination: local, contents }));
+                    }
+                }
+            }
+            m = ws.next() => {
+                let Some(Ok(Message::Text(text))) = m else {
+                    if matches!(m, Some(Ok(Message::Ping(_) | Message::Pong(_)))) { continue; }
+                    state.lock().unwrap().closed = true;
+                    return;
+                };
+                let env: ServerEnvelope = serde_json::from_str(&text).expect("server sends valid messages");
+                match &env.msg {
+                    ServerMessage::Welcome { lesson: Some(_), .. } | ServerMessage::LessonStarted { .. } if !published => {
+                        published = true;
+                        let mut api = rtc.sdp_api();
+                        let a = api.add_media(MediaKind::Audio, Direction::SendOnly, Some("me".into()), None, None);
+                        let mut sources = vec![TrackSource { mid: a.to_string(), source: SourceKind::Microphone }];
+                        audio_mid = Some(a);
+                        if !layers.is_empty() {
+                            let mut sim = Simulcast::new();
+                            for l in &layers { sim.add_send_layer(SimulcastLayer::new(l.rid)); }
+                            let v = api.add_media(MediaKind::Video, Direction::SendOnly, Some("me".into()), None, Some(sim));
+                            sources.push(TrackSource { mid: v.to_string(), source: SourceKind::Camera });
+                            video_mid = Some(v);
+                        }
+                        let (offer, p) = api.apply().expect("changes to offer");
+                        pending = Some(p);
+                        send_ws(&mut ws, ClientMessage::Offer { sdp: offer.to_sdp_string(), sources }).await;
+                    }
+                    ServerMessage::Answer { sdp } => {
+                        if let Some(p) = pending.take() {
+                            rtc.sdp_api().accept_answer(p, SdpAnswer::from_sdp_string(sdp).unwrap()).expect("answer accepted");
+                        }
+                    }
+                    // A server offer that crosses our own is ignored: the server redoes it.
+                    ServerMessage::Offer { sdp, tracks } if pending.is_none() => {
+                        {
+                            let answer = rtc.sdp_api().accept_offer(SdpOffer::from_sdp_string(sdp).unwrap()).expect("offer accepted");
+                            {
+                                let mut s = state.lock().unwrap();
+                                s.tracks = tracks.iter().map(|t| (t.mid.clone(), t.clone())).collect();
+                            }
+                            send_ws(&mut ws, ClientMessage::Answer { sdp: answer.to_sdp_string() }).await;
+                        }
+                    }
+                    _ => {}
+                }
+                state.lock().unwrap().messages.push(env.msg);
+            }
+            out = outgoing.recv() => {
+                match out {
+                    Some(msg) => send_ws(&mut ws, msg).await,
+                    None => return,
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        let now = Instant::now();
+        let _ = rtc.handle_input(Input::Timeout(now));
+        if publishing && now >= next_frame {
+            next_frame += Duration::from_millis(33);
+            frame_n += 1;
+            let time =
+                MediaTime::from_90khz(now.duration_since(start).as_micros() as u64 * 90 / 1000);
+            if let Some(mid) = video_mid {
+                for (i, l) in layers.iter().enumerate() {
+                    let rid = Rid::from(l.rid);
+                    let key = frame_n % 90 == 1 || want_key.remove(&Some(rid)).unwrap_or(false);
+                    let Some(w) = rtc.writer(mid) else { break };
+                    let pt = w
+                        .payload_params()
+                        .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
+                        .map(|p| p.pt());
+                    let Some(pt) = pt else { break };
+                    let frame = vp8_frame(key, l.width, 200 * (i + 1), frame_n);
+                    let _ = w.rid(rid).write(pt, now, time, frame);
+                }
+            }
+            if let Some(mid) = audio_mid {
+                if let Some(w) = rtc.writer(mid) {
+                    let pt = w
+                        .payload_params()
+                        .find(|p| p.spec().codec == str0m::format::Codec::Opus)
+                        .map(|p| p.pt());
+                    if let Some(pt) = pt {
+                        let t = MediaTime::new(
+                            now.duration_since(start).as_millis() as u64 * 48,
+                            str0m::media::Frequency::FORTY_EIGHT_KHZ,
+                        );
+                        let _ = w.write(pt, now, t, vec![0xf8u8, 0xff, 0xfe]);
+                    }
+                }
+            }
+        }
+    }
+}
