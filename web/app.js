@@ -168,7 +168,8 @@
     };
     ws.onclose = function (ev) {
       log('websocket closed', ev.code, ev.reason);
-      self._onClose(gen);
+      // After the messages already received (e.g. lesson_ended right before the close).
+      self._queue = self._queue.then(function () { self._onClose(gen); });
     };
     ws.onerror = function () { /* onclose follows */ };
   };

@@ -299,6 +299,16 @@ async function main() {
     })();
   });
   const widthNow = () => B.evaluate(() => { const s = window.__e2eSampler.samples; return s.length ? s[s.length - 1].width : 0; });
+  await sleep(1000);
+  const auto = await widthNow();
+  // Up to the top layer first (the server's automatic choice may already be the lowest one),
+  // then down to the lowest, then up again: both directions, decoder sampled throughout.
+  await B.evaluate(() => window.tongbu.setMaxLayer('high'));
+  log(`classroom B: setMaxLayer('high') (receiving ${auto} px wide on 'auto')`);
+  const up1 = await until(`classroom B: frameWidth reaches the top layer (> 320) after setMaxLayer('high')`, async () => {
+    const w = await widthNow();
+    return w > 320 && w >= auto ? { w } : { ok: false, w };
+  }, 20000, 100);
   await sleep(1500);
   const before = await widthNow();
   await B.evaluate(() => window.tongbu.setMaxLayer('low'));
@@ -317,17 +327,21 @@ async function main() {
   await sleep(2000);
   const samples = await B.evaluate(() => { window.__e2eSampler.running = false; return window.__e2eSampler.samples; });
   // Longest time without a newly decoded frame over the whole switch window.
+  // (Time between consecutive samples that saw a new frame; 100 ms sampling, so >= ~100 ms.)
   let lastNew = samples[0].t, lastFrames = samples[0].frames, maxGap = 0, gapAt = 0;
   for (const s of samples) {
-    if (s.frames > lastFrames) { lastFrames = s.frames; lastNew = s.t; }
-    if (s.t - lastNew > maxGap) { maxGap = s.t - lastNew; gapAt = s.t - samples[0].t; }
+    if (s.frames > lastFrames || s === samples[samples.length - 1]) {
+      if (s.t - lastNew > maxGap) { maxGap = s.t - lastNew; gapAt = s.t - samples[0].t; }
+      lastFrames = s.frames;
+      lastNew = s.t;
+    }
   }
   const widths = [...new Set(samples.map((s) => s.width))];
   const span = samples[samples.length - 1].t - samples[0].t;
   const frames = samples[samples.length - 1].frames - samples[0].frames;
   const intervals = samples.slice(1).map((s, i) => s.t - samples[i].t).sort((a, b) => a - b);
   results.layerSwitch = {
-    widthBefore: before, widthLow: low.w, widthHigh: high.w, widthsSeen: widths, samples: samples.length,
+    widthAuto: auto, widthFirstHigh: up1.w, widthBefore: before, widthLow: low.w, widthHigh: high.w, widthsSeen: widths, samples: samples.length,
     spanMs: span, framesDecoded: frames, longestGapMs: maxGap, gapAtMs: gapAt,
     sampleIntervalMedianMs: intervals[Math.floor(intervals.length / 2)],
     sampleIntervalMaxMs: intervals[intervals.length - 1],
@@ -335,7 +349,7 @@ async function main() {
   log('layer switch:', JSON.stringify(results.layerSwitch));
   if (maxGap > 500) fail(`classroom B: decoder stalled ${maxGap} ms (> 500 ms) around the layer switch`, results.layerSwitch);
   if (high.w <= low.w || low.w >= before) fail('layer switch did not change the frame width', results.layerSwitch);
-  log(`OK layer switch: ${before} → ${low.w} → ${high.w} px, longest decode gap ${maxGap} ms over ${span} ms`);
+  log(`OK layer switch: ${auto} (auto) → ${up1.w} → ${low.w} → ${high.w} px, longest decode gap ${maxGap} ms over ${span} ms`);
 
   // 6. Call on classroom A from the teacher page; classroom B decodes A's video.
   await teacher.click(`#grid [data-classroom-id="${roomA.classroom_id}"] button.call-on`);
