@@ -102,7 +102,10 @@ fn lesson_end_to_end_in_headless_chromium() {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(node_ok, "node not found — install it: apt-get install -y nodejs npm");
+    assert!(
+        node_ok,
+        "node not found — install it: apt-get install -y nodejs npm"
+    );
     if !browser_dir.join("node_modules/playwright-core").exists() {
         let mut npm = Command::new("npm");
         npm.args(["ci", "--no-audit", "--no-fund"])
@@ -123,7 +126,14 @@ fn lesson_end_to_end_in_headless_chromium() {
     // Start the server and wait for its READY line.
     let mut server = Command::new(env!("CARGO_BIN_EXE_tongbu"));
     server
-        .args(["serve", "--http", "127.0.0.1:0", "--udp", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--udp",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data_dir)
         .env(
             "RUST_LOG",
@@ -160,7 +170,10 @@ fn lesson_end_to_end_in_headless_chromium() {
     };
     let parsed: serde_json::Value = serde_json::from_str(&ready).expect("READY line is JSON");
     assert!(
-        parsed["classrooms"].as_array().map(|a| a.len() >= 2).unwrap_or(false),
+        parsed["classrooms"]
+            .as_array()
+            .map(|a| a.len() >= 2)
+            .unwrap_or(false),
         "the demo lesson needs at least two classrooms: {ready}"
     );
     eprintln!("browser_e2e: server ready: {ready}");
@@ -182,5 +195,9 @@ fn lesson_end_to_end_in_headless_chromium() {
         shots.display(),
         tail(&server_log, 60)
     );
-    assert!(still_running, "the server exited during the test; log:\n{}", tail(&server_log, 60));
+    assert!(
+        still_running,
+        "the server exited during the test; log:\n{}",
+        tail(&server_log, 60)
+    );
 }
