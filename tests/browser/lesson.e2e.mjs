@@ -14,10 +14,11 @@
 //  3. each classroom decodes the teacher's video (framesDecoded rising) and receives the
 //     teacher's audio (packetsReceived / bytesReceived rising);
 //  4. the teacher decodes both classrooms' video;
-//  5. a forced layer switch (setMaxLayer low → high) changes the frameWidth a classroom receives,
-//     sampled every 100 ms, with no 500 ms window without a newly decoded frame;
+//  5. a forced layer switch (setMaxLayer high → low → high) changes the frameWidth a classroom
+//     receives, sampled every 100 ms, with no 500 ms window without a newly decoded frame;
 //  6. after "call on" (button on the teacher page) classroom B decodes classroom A's video;
-//  7. a raised hand shows its marker on the teacher page;
+//  7. a raised hand shows its marker on the teacher page; a classroom whose link drops re-joins
+//     by itself (same classroom, one tile at the teacher);
 //  8. ending the lesson (button + confirm) shows the end message on both classroom pages.
 
 import { chromium } from 'playwright-core';
@@ -377,6 +378,21 @@ async function main() {
   await teacher.click(`#grid [data-classroom-id="${roomA.classroom_id}"] button.send-back`);
   await until('classroom B: stage closes after send back', () => B.evaluate(() => document.getElementById('stage-box').hidden), 10000);
   log('OK send back: the stage closed on classroom B');
+
+  // 7b. Classroom A's link drops: the page re-joins by itself (rejoin token, same classroom)
+  // and the teacher still has exactly one tile for it.
+  await A.evaluate(() => { window.__e2eOldPc = window.tongbu.pc; window.tongbu.ws.close(); return true; });
+  await until('classroom A: re-joined after the link dropped', () => A.evaluate(() => {
+    const t = window.tongbu;
+    return t.state.status === 'joined' && t.pc && t.pc !== window.__e2eOldPc && t.state.media === 'connected'
+      ? { ok: true } : { ok: false, status: t.state.status, media: t.state.media };
+  }), 20000);
+  await provesRising(A, 'classroom A (re-joined)', 'teacher video', 'video', fromTeacher, 'framesDecoded', 20);
+  const tilesA = await teacher.locator(`#grid [data-classroom-id="${roomA.classroom_id}"]`).count();
+  if (tilesA !== 1) fail(`teacher page has ${tilesA} tiles for ${roomA.classroom_id} after its re-join`);
+  await until('teacher: classroom A connected again', () => teacher.evaluate(
+    (id) => document.querySelector(`#grid [data-classroom-id="${id}"]`).dataset.connected === 'true', roomA.classroom_id), 10000);
+  log('OK classroom A re-joined by itself after its link dropped; one tile at the teacher');
 
   // 8. End the lesson from the teacher page (accept the confirm dialog).
   teacher.once('dialog', (d) => { log(`teacher confirm: "${d.message()}"`); d.accept(); });
