@@ -131,7 +131,10 @@ async fn layer_switch_changes_width_on_a_keyframe_with_continuous_timestamps() {
     assert!(
         frames[last_key + 1..].iter().all(|f| f.len == 400),
         "only the middle layer flows after switching to it: {:?}",
-        frames[last_key..].iter().map(|f| (f.len, f.width)).collect::<Vec<_>>()
+        frames[last_key..]
+            .iter()
+            .map(|f| (f.len, f.width))
+            .collect::<Vec<_>>()
     );
 }
 

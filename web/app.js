@@ -95,7 +95,9 @@
       replaced: false,
       lastError: null,
       media: 'new',
-      maxLayer: 'auto'
+      maxLayer: 'auto',
+      quality: null,       // last `quality` message: what this client receives
+      links: {}            // teacher: classroom_id -> last `link_quality` entry
     };
     this._queue = Promise.resolve();
     this._attempt = 0;
@@ -287,6 +289,16 @@
         st.lastError = msg;
         log('server error', msg.code, msg.message, msg.fatal ? '(fatal)' : '');
         break;
+      case 'publish_layers':
+        await this._applyPublishLayers(msg);
+        break;
+      case 'quality':
+        st.quality = msg;
+        break;
+      case 'link_quality':
+        st.links = {};
+        (msg.classrooms || []).forEach(function (c) { st.links[c.classroom_id] = c; });
+        break;
       case 'pong':
         break;
       default:
@@ -388,6 +400,31 @@
     if (tV.mid !== null) sources.push({ mid: tV.mid, source: 'camera' });
     this.send({ type: 'offer', sdp: pc.localDescription.sdp, sources: sources });
     if (this.state.maxLayer !== 'auto') this.send({ type: 'set_max_layer', layer: this.state.maxLayer });
+  };
+
+  /** Dynacast: encode only the simulcast layers someone receives (saves a weak uplink). */
+  Client.prototype._applyPublishLayers = async function (msg) {
+    var pc = this.pc;
+    if (!pc) return;
+    var t = pc.getTransceivers().filter(function (x) { return x.mid === msg.mid; })[0];
+    if (!t || !t.sender) return;
+    var params = t.sender.getParameters();
+    if (!params.encodings || params.encodings.length < 2) return;
+    var changed = false;
+    params.encodings.forEach(function (e) {
+      var on = msg.active.indexOf(e.rid) >= 0;
+      if (e.active !== on) { e.active = on; changed = true; }
+    });
+    if (changed) {
+      try { await t.sender.setParameters(params); } catch (e) { log('setParameters failed:', e); }
+    }
+  };
+
+  /** Whether the server paused the video at `mid` for lack of bandwidth. */
+  Client.prototype.isPaused = function (mid) {
+    var q = this.state.quality;
+    if (!q || !mid) return false;
+    return q.tracks.some(function (t) { return t.mid === mid && t.paused; });
   };
 
   Client.prototype._onServerAnswer = async function (msg, gen) {
