@@ -270,3 +270,45 @@ async fn retransmissions_repair_a_lossy_downlink() {
         .any(|t| t.kind == MediaKind::Audio);
     assert!(audio);
 }
+
+/// Junk on the media port — random bytes and packets that look like STUN, DTLS, RTP and RTCP
+/// from an unknown address — is ignored: the lesson keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_media_port_changes_nothing() {
+    let (srv, _teacher, a, _b) = lesson().await;
+    a.send(ClientMessage::SetMaxLayer {
+        layer: LayerChoice::Low,
+    });
+    let mid = a.wait_video_from("c-central-1").await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut seed: u64 = 7;
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as u8
+    };
+    for i in 0..3000usize {
+        let len = [0, 1, 12, 20, 60, 200, 1200, 1500][i % 8];
+        let mut pkt: Vec<u8> = (0..len).map(|_| next()).collect();
+        if let Some(first) = pkt.first_mut() {
+            // STUN binding request, DTLS handshake, RTP, RTCP SR, and raw noise in turn.
+            *first = [0x00, 0x16, 0x80, 0x80, next()][i % 5];
+        }
+        if i % 5 == 3 && pkt.len() > 1 {
+            pkt[1] = 200; // RTCP sender report
+        }
+        let _ = sock.send_to(&pkt, srv.udp_addr).await;
+    }
+    let before = a.frames_on(mid).len();
+    a.wait_for(
+        "30 more frames after the junk",
+        Duration::from_secs(10),
+        |s| (s.received.iter().filter(|r| r.mid == mid).count() >= before + 30).then_some(()),
+    )
+    .await;
+    assert!(
+        srv.engine.snapshot().await.is_some(),
+        "engine still answers"
+    );
+}
