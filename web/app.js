@@ -395,12 +395,75 @@
     await pc.setLocalDescription(offer);
     await gatheringDone(pc);
     if (gen !== this._gen || this.pc !== pc) return;
-    var sources = [];
-    if (tA.mid !== null) sources.push({ mid: tA.mid, source: 'microphone' });
-    if (tV.mid !== null) sources.push({ mid: tV.mid, source: 'camera' });
-    this.send({ type: 'offer', sdp: pc.localDescription.sdp, sources: sources });
+    this._published = [{ t: tA, source: 'microphone' }, { t: tV, source: 'camera' }];
+    this.send({ type: 'offer', sdp: pc.localDescription.sdp, sources: this._sources() });
+    if (this._screen) await this._addScreenTransceiver();
     if (this.state.maxLayer !== 'auto') this.send({ type: 'set_max_layer', layer: this.state.maxLayer });
   };
+
+  /** Every sending m-line and what it carries, for the `sources` of our offers. */
+  Client.prototype._sources = function () {
+    return (this._published || [])
+      .filter(function (p) { return p.t.mid !== null && !p.t.stopped && p.t.currentDirection !== 'stopped'; })
+      .map(function (p) { return { mid: p.t.mid, source: p.source }; });
+  };
+
+  /** Offer again (after adding or stopping a track), once no negotiation is under way. */
+  Client.prototype._renegotiate = async function () {
+    var pc = this.pc, gen = this._gen;
+    if (!pc) return;
+    for (var i = 0; i < 50 && (pc.signalingState !== 'stable' || this._ownOfferInFlight); i++) await sleep(100);
+    if (this.pc !== pc || gen !== this._gen) return;
+    this._ownOfferInFlight = true;
+    var offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    this.send({ type: 'offer', sdp: pc.localDescription.sdp, sources: this._sources() });
+  };
+
+  /**
+   * Courseware: share a screen/window (or, for tests, any video stream) as a third track. Two
+   * simulcast layers at a low frame rate keep text sharp; the server ranks it above the camera,
+   * so on a collapsing link the camera pauses first and the courseware stays readable.
+   */
+  Client.prototype.shareScreen = async function (stream) {
+    if (!stream) stream = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 5, max: 10 } }, audio: false });
+    var track = stream.getVideoTracks()[0];
+    if (!track) throw new Error('no video track to share');
+    if ('contentHint' in track) track.contentHint = 'detail';
+    var self = this;
+    track.addEventListener('ended', function () { self.stopScreen(); });
+    this._screen = { stream: stream, track: track, t: null };
+    if (this.pc) await this._addScreenTransceiver();
+  };
+
+  Client.prototype._addScreenTransceiver = async function () {
+    var sc = this._screen, pc = this.pc;
+    if (!sc || !pc) return;
+    sc.t = pc.addTransceiver(sc.track, {
+      direction: 'sendonly',
+      streams: [sc.stream],
+      sendEncodings: [
+        { rid: 'q', scaleResolutionDownBy: 2, maxBitrate: 250000, maxFramerate: 3 },
+        { rid: 'h', scaleResolutionDownBy: 1, maxBitrate: 1200000, maxFramerate: 5 }
+      ]
+    });
+    this._published.push({ t: sc.t, source: 'screen' });
+    await this._renegotiate();
+  };
+
+  Client.prototype.stopScreen = async function () {
+    var sc = this._screen;
+    this._screen = null;
+    if (!sc) return;
+    sc.track.stop();
+    if (sc.t && this.pc) {
+      try { sc.t.stop(); } catch (e) { /* already stopped */ }
+      this._published = this._published.filter(function (p) { return p.t !== sc.t; });
+      await this._renegotiate();
+    }
+  };
+
+  Client.prototype.isSharing = function () { return !!this._screen; };
 
   /** Dynacast: encode only the simulcast layers someone receives (saves a weak uplink). */
   Client.prototype._applyPublishLayers = async function (msg) {
@@ -641,6 +704,8 @@
       get localStream() { return client.localStream; },
       client: client,
       setMaxLayer: function (layer) { return client.setMaxLayer(layer); },
+      shareScreen: function (stream) { return client.shareScreen(stream); },
+      stopScreen: function () { return client.stopScreen(); },
       send: function (msg) { return client.send(msg); },
       receivedTracks: function () { return client.receivedTracks(); }
     };

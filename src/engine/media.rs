@@ -8,7 +8,7 @@ use std::time::Instant;
 use str0m::media::{
     Direction, KeyframeRequest, KeyframeRequestKind, MediaAdded, MediaData, Mid, Rid,
 };
-use str0m::media::{MediaKind as StrMediaKind, MediaTime};
+use str0m::media::{MediaChanged, MediaKind as StrMediaKind, MediaTime};
 
 use crate::bwe::{FrameInfo, LayerRates, MAX_LAYERS};
 use crate::media::peer::{Published, TrackKey};
@@ -78,6 +78,40 @@ impl Engine {
             layers,
             rates: LayerRates::new(&self.tuning),
         });
+        if let Some(lesson_id) = lesson_id {
+            self.schedule_reroute(&lesson_id);
+        }
+    }
+
+    /// A client stopped sending on an m-line (it stopped sharing its screen, say): its
+    /// subscribers lose the track at once.
+    pub(crate) fn on_media_changed(&mut self, id: ConnId, changed: MediaChanged) {
+        if matches!(changed.direction, Direction::RecvOnly | Direction::SendRecv) {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let lesson_id = conn.joined.as_ref().and_then(|j| j.lesson_id.clone());
+        let Some(peer) = conn.peer.as_mut() else {
+            return;
+        };
+        let before = peer.published.len();
+        peer.published.retain(|p| p.mid != changed.mid);
+        if peer.published.len() == before {
+            return;
+        }
+        let key = TrackKey {
+            publisher: id,
+            mid: changed.mid,
+        };
+        let others: Vec<ConnId> = self.conns.keys().copied().filter(|c| *c != id).collect();
+        for other in others {
+            if let Some(p) = self.conns.get_mut(&other).and_then(|c| c.peer.as_mut()) {
+                p.unsubscribe(key);
+            }
+            self.offer_if_needed(other);
+        }
         if let Some(lesson_id) = lesson_id {
             self.schedule_reroute(&lesson_id);
         }

@@ -495,6 +495,7 @@ impl Engine {
     pub(crate) fn handle_event(&mut self, id: ConnId, event: Event, now: Instant) {
         match event {
             Event::MediaAdded(added) => self.on_media_added(id, added),
+            Event::MediaChanged(changed) => self.on_media_changed(id, changed),
             Event::MediaData(data) => self.forward_media(id, data, now),
             Event::KeyframeRequest(req) => self.relay_keyframe_request(id, req, now),
             Event::EgressBitrateEstimate(kind) => {

@@ -394,6 +394,38 @@ async function main() {
     (id) => document.querySelector(`#grid [data-classroom-id="${id}"]`).dataset.connected === 'true', roomA.classroom_id), 10000);
   log('OK classroom A re-joined by itself after its link dropped; one tile at the teacher');
 
+  // 7c. Courseware: the teacher shares a "screen" (a canvas stream with fine text standing in for
+  // getDisplayMedia, which headless Chromium cannot pick); classroom B decodes it in the main
+  // area with the teacher's camera beside it; stopping the share removes the track at once.
+  const isScreen = (i) => i.from_teacher && i.source === 'screen';
+  await teacher.evaluate(async () => {
+    const c = document.createElement('canvas');
+    c.width = 1280; c.height = 720;
+    const g = c.getContext('2d');
+    let n = 0;
+    setInterval(() => {
+      g.fillStyle = '#fff'; g.fillRect(0, 0, 1280, 720);
+      g.fillStyle = '#000'; g.font = '28px sans-serif';
+      for (let y = 40; y < 720; y += 36) g.fillText(`第${n}页 分数的意义 1/2 + 1/3 = 5/6 line ${y}`, 20, y);
+      n++;
+    }, 200);
+    await window.tongbu.shareScreen(c.captureStream(5));
+  });
+  const shared = await provesRising(B, 'classroom B', 'courseware', 'video', isScreen, 'framesDecoded', 5, 30000);
+  await until('classroom B: courseware in the main area, teacher camera beside it', () => B.evaluate(() => {
+    const t = window.tongbu, main = document.getElementById('teacher-video');
+    const info = (t.state.tracks || []).find((i) => i.mid === main.dataset.mid);
+    return info && info.source === 'screen' && main.videoWidth > 0 && !document.getElementById('stage-box').hidden
+      ? { ok: true, width: main.videoWidth } : { ok: false, main: main.dataset.mid, info };
+  }), 15000);
+  results.courseware = shared.stat;
+  log(`OK courseware: classroom B decodes the shared screen (${shared.stat.frameWidth}×${shared.stat.frameHeight})`);
+  await B.screenshot({ path: path.join(outDir, 'classroom-courseware.png') });
+  await teacher.evaluate(() => window.tongbu.stopScreen());
+  await until('classroom B: courseware track removed after the share stops', () => B.evaluate(
+    () => !(window.tongbu.state.tracks || []).some((i) => i.from_teacher && i.source === 'screen')), 15000);
+  log('OK courseware: stopping the share removes it from classroom B');
+
   // 8. End the lesson from the teacher page (accept the confirm dialog).
   teacher.once('dialog', (d) => { log(`teacher confirm: "${d.message()}"`); d.accept(); });
   await teacher.click('#end');
