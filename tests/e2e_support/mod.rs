@@ -27,7 +27,7 @@ county = "k1"
 kind = "central"
 [[school]]
 id = "s2"
-name = "上村小学"
+name = "<b>上村</b>小学"
 county = "k1"
 kind = "village"
 [[school]]
