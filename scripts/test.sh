@@ -7,9 +7,13 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
-command -v chromium >/dev/null 2>&1 || missing+=(chromium chromium-driver)
-command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
+# Chromium for the page tests, iproute2 for the network namespaces of the weak-link tests,
+# a CJK font so screenshots of the Chinese pages are readable.
+for pkg in chromium chromium-driver iproute2 fonts-wqy-microhei; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+# Node may come from outside Debian (as on these machines); install Debian's only if absent.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   as_root apt-get update -qq

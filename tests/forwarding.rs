@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::{TestClient, CLASSROOM_LAYERS, TEACHER_LAYERS};
 use tongbu::server::{self, ServerConfig};
+use tongbu::signal::message::MediaKind;
 use tongbu::signal::message::{ClientMessage, LayerChoice, ServerMessage};
 
 async fn lesson() -> (server::RunningServer, TestClient, TestClient, TestClient) {
@@ -103,8 +104,8 @@ async fn layer_switch_changes_width_on_a_keyframe_with_continuous_timestamps() {
             |s| {
                 s.received
                     .iter()
-                    .skip(seen_at)
                     .filter(|r| r.mid == mid)
+                    .skip(seen_at)
                     .find(|r| r.width == Some(width))
                     .map(|_| ())
             },
@@ -126,11 +127,17 @@ async fn layer_switch_changes_width_on_a_keyframe_with_continuous_timestamps() {
             "RTP time step {step} between consecutive frames"
         );
     }
-    // Inter frames after a switch belong to the new layer only: sizes identify layers (200/400/600 bytes).
+    // Inter frames after a switch belong to the new layer only: sizes identify layers.
     let last_key = frames.iter().rposition(|f| f.width == Some(640)).unwrap();
     assert!(
-        frames[last_key + 1..].iter().all(|f| f.len == 400),
-        "only the middle layer flows after switching to it"
+        frames[last_key + 1..]
+            .iter()
+            .all(|f| f.len == common::frame_len(1)),
+        "only the middle layer flows after switching to it: {:?}",
+        frames[last_key..]
+            .iter()
+            .map(|f| (f.len, f.width))
+            .collect::<Vec<_>>()
     );
 }
 
@@ -180,4 +187,128 @@ async fn a_departed_classroom_is_removed_from_the_teacher_at_once() {
             |s| (!s.tracks.values().any(|t| t.classroom_id == ida)).then_some(()),
         )
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_pli_reaches_the_publisher_and_brings_a_keyframe() {
+    let (_srv, teacher, a, _b) = lesson().await;
+    // Pinned, so the estimate on a busy loopback cannot pause the video under the test.
+    a.send(ClientMessage::SetMaxLayer {
+        layer: LayerChoice::Low,
+    });
+    let mid = a.wait_video_from("c-central-1").await;
+    // Let the startup keyframe requests age past the throttle interval.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = teacher.state.lock().unwrap().keyframe_requests;
+    let frames_before = a.frames_on(mid).len();
+    a.request_keyframe(mid);
+    teacher
+        .wait_for(
+            "the PLI relayed to the publisher",
+            Duration::from_secs(5),
+            |s| (s.keyframe_requests > before).then_some(()),
+        )
+        .await;
+    a.wait_for("a keyframe after the PLI", Duration::from_secs(5), |s| {
+        s.received
+            .iter()
+            .filter(|r| r.mid == mid)
+            .skip(frames_before)
+            .any(|r| r.keyframe)
+            .then_some(())
+    })
+    .await;
+}
+
+/// With 5 % of its incoming datagrams dropped, a subscriber still gets (nearly) every frame:
+/// NACKs reach the server and it retransmits from its history. A lossless subscriber of the
+/// same layer, measured over the same window, is the reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retransmissions_repair_a_lossy_downlink() {
+    let (_srv, _teacher, a, b) = lesson().await;
+    for c in [&a, &b] {
+        c.send(ClientMessage::SetMaxLayer {
+            layer: LayerChoice::High,
+        });
+    }
+    let mid_a = a.wait_video_from("c-central-1").await;
+    let mid_b = b.wait_video_from("c-central-1").await;
+    // Wait for the top layer (three packets per frame) on both.
+    for (c, mid) in [(&a, mid_a), (&b, mid_b)] {
+        c.wait_for("top layer", Duration::from_secs(10), |s| {
+            s.received
+                .iter()
+                .any(|r| r.mid == mid && r.width == Some(1280))
+                .then_some(())
+        })
+        .await;
+    }
+    let (a0, b0) = (a.frames_on(mid_a).len(), b.frames_on(mid_b).len());
+    a.set_incoming_loss(0.05);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    a.set_incoming_loss(0.0);
+    // Late retransmissions may still be under way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got_a = a.frames_on(mid_a).len() - a0;
+    let got_b = b.frames_on(mid_b).len() - b0;
+    let dropped = a.state.lock().unwrap().dropped;
+    assert!(
+        dropped >= 10,
+        "the emulated loss dropped only {dropped} datagrams"
+    );
+    // Without repair about 14 % of three-packet frames would be lost; allow 3 %.
+    assert!(
+        got_a as f64 >= 0.97 * got_b as f64,
+        "lossy subscriber got {got_a} frames, lossless one {got_b} ({dropped} datagrams dropped)"
+    );
+    let audio = a
+        .state
+        .lock()
+        .unwrap()
+        .tracks
+        .values()
+        .any(|t| t.kind == MediaKind::Audio);
+    assert!(audio);
+}
+
+/// Junk on the media port — random bytes and packets that look like STUN, DTLS, RTP and RTCP
+/// from an unknown address — is ignored: the lesson keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_media_port_changes_nothing() {
+    let (srv, _teacher, a, _b) = lesson().await;
+    a.send(ClientMessage::SetMaxLayer {
+        layer: LayerChoice::Low,
+    });
+    let mid = a.wait_video_from("c-central-1").await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut seed: u64 = 7;
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as u8
+    };
+    for i in 0..3000usize {
+        let len = [0, 1, 12, 20, 60, 200, 1200, 1500][i % 8];
+        let mut pkt: Vec<u8> = (0..len).map(|_| next()).collect();
+        if let Some(first) = pkt.first_mut() {
+            // STUN binding request, DTLS handshake, RTP, RTCP SR, and raw noise in turn.
+            *first = [0x00, 0x16, 0x80, 0x80, next()][i % 5];
+        }
+        if i % 5 == 3 && pkt.len() > 1 {
+            pkt[1] = 200; // RTCP sender report
+        }
+        let _ = sock.send_to(&pkt, srv.udp_addr).await;
+    }
+    let before = a.frames_on(mid).len();
+    a.wait_for(
+        "30 more frames after the junk",
+        Duration::from_secs(10),
+        |s| (s.received.iter().filter(|r| r.mid == mid).count() >= before + 30).then_some(()),
+    )
+    .await;
+    assert!(
+        srv.engine.snapshot().await.is_some(),
+        "engine still answers"
+    );
 }

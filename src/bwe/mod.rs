@@ -53,6 +53,11 @@ pub struct Tuning {
     /// A layer with no frame for this long is unavailable to the allocator. 2 s: twice the window,
     /// so a low-frame-rate screen share is not declared gone between two frames.
     pub layer_stale_after: Duration,
+    /// Oldest packet worth retransmitting: the longest village RTT (600 ms) plus jitter. Sizes
+    /// the retransmission history of each outgoing video stream (see `media::history`).
+    pub retransmit_window: Duration,
+    /// Highest bitrate one outgoing video stream carries (the top simulcast layer with margin).
+    pub max_video_bps: u64,
 }
 
 impl Default for Tuning {
@@ -66,6 +71,8 @@ impl Default for Tuning {
             keyframe_interval: Duration::from_millis(500),
             rate_window: Duration::from_secs(1),
             layer_stale_after: Duration::from_secs(2),
+            retransmit_window: Duration::from_secs(1),
+            max_video_bps: 2_500_000,
         }
     }
 }

@@ -50,6 +50,7 @@ pub(crate) fn max_layer(cap: LayerChoice, layer_count: usize, thumbnail: bool) -
 impl Engine {
     pub(crate) fn on_estimate(&mut self, id: ConnId, estimate: Bitrate, now: Instant) {
         if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
+            tracing::trace!(%id, bps = estimate.as_u64(), "egress estimate");
             peer.estimate_bps = Some(estimate.as_u64());
         }
         self.reallocate(id, now);
@@ -119,9 +120,9 @@ impl Engine {
             });
         }
         let estimate = peer.estimate_bps.unwrap_or(self.initial_estimate_bps);
-        let allocation = self
-            .adaptation
-            .then(|| allocate(estimate, &demands, &self.tuning));
+        // A pinned layer (`set_max_layer` other than `auto`) bypasses adaptation, like the baseline.
+        let adaptive = self.adaptation && peer.max_layer == LayerChoice::Auto;
+        let allocation = adaptive.then(|| allocate(estimate, &demands, &self.tuning));
 
         // Pass 2: apply to the selectors.
         let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) else {
@@ -140,13 +141,16 @@ impl Engine {
             }
             let choice = match &allocation {
                 Some(a) => a.tracks[i].choice,
-                // Baseline mode: always the top layer the subscriber allows.
+                // Baseline or pinned: always the top layer the subscriber allows.
                 None => Some(Choice {
                     layer: demand.max_layer,
                     full_frame_rate: true,
                 }),
             };
             video.selector.on_allocation(now, choice);
+        }
+        if let Some(a) = &allocation {
+            tracing::trace!(%id, estimate, allocated = a.allocated_bps, desired = a.desired_bps, tracks = ?a.tracks, "allocation");
         }
         if let Some(a) = allocation {
             let desired = a.desired_bps.max(a.allocated_bps);
@@ -355,7 +359,7 @@ impl Engine {
                     Some(LinkInfo {
                         classroom_id: classroom_id.clone(),
                         estimate_kbps: (estimate / 1000) as u32,
-                        loss_pct: loss * 100.0,
+                        loss_pct: f64::from(loss) * 100.0,
                         rtt_ms,
                         level: link_level(estimate, loss, rtt_ms),
                     })

@@ -582,6 +582,10 @@ impl Engine {
                 .enable_opus(true, true)
                 .enable_vp8(true)
                 .enable_bwe(bwe)
+                .set_send_buffer_video(crate::media::history::video_history_packets(
+                    self.tuning.max_video_bps,
+                    self.tuning.retransmit_window,
+                ))
                 .set_stats_interval(Some(std::time::Duration::from_secs(1)))
                 .build(now);
             for c in candidates {

@@ -39,6 +39,9 @@ pub const OUTBOX_CAPACITY: usize = 256;
 const TICK: Duration = Duration::from_secs(1);
 /// Layer selectors' holds and keyframe waits are checked this often.
 const ADAPT_TICK: Duration = Duration::from_millis(200);
+/// How long a peer may stay ICE-disconnected before its media is given up; its client then
+/// reconnects with a fresh peer connection.
+const ICE_GRACE: Duration = Duration::from_secs(15);
 /// Largest UDP datagram read.
 const RECV_BUF: usize = 2048;
 
@@ -284,6 +287,7 @@ impl Engine {
                         next_adapt = now + ADAPT_TICK;
                     }
                     if now >= next_tick {
+                        self.expire_lost_peers(now);
                         self.sample_usage();
                         self.report_tick();
                         next_tick = now + TICK;
@@ -436,6 +440,21 @@ impl Engine {
         }
     }
 
+    fn expire_lost_peers(&mut self, now: Instant) {
+        for (id, conn) in self.conns.iter_mut() {
+            let Some(peer) = conn.peer.as_mut() else {
+                continue;
+            };
+            if peer
+                .ice_lost_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= ICE_GRACE)
+            {
+                tracing::info!(%id, "no ICE traffic for {ICE_GRACE:?}, dropping media");
+                peer.rtc.disconnect();
+            }
+        }
+    }
+
     /// Removes peers whose `Rtc` died (ICE timeout, DTLS failure) and tells their client.
     fn reap_dead_peers(&mut self) {
         let dead: Vec<ConnId> = self
@@ -502,10 +521,12 @@ impl Engine {
             }
             Event::IceConnectionStateChange(state) => {
                 tracing::debug!(%id, ?state, "ICE state");
-                if state == str0m::IceConnectionState::Disconnected {
-                    if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
-                        peer.rtc.disconnect();
-                    }
+                if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
+                    // A village link may go quiet for seconds and come back: wait before giving up.
+                    peer.ice_lost_since = match state {
+                        str0m::IceConnectionState::Disconnected => Some(now),
+                        _ => None,
+                    };
                 }
             }
             _ => {}

@@ -114,6 +114,8 @@ pub struct Peer {
     pub bwe_desired: Option<u64>,
     /// The last `quality` report sent to the client.
     pub last_quality: Vec<TrackQuality>,
+    /// Since when ICE has been disconnected, if it is.
+    pub ice_lost_since: Option<Instant>,
     /// Sources announced with the client's last offer, by mid.
     announced: Vec<(String, SourceKind)>,
 }
@@ -133,6 +135,7 @@ impl Peer {
             red: false,
             bwe_desired: None,
             last_quality: Vec::new(),
+            ice_lost_since: None,
             announced: Vec::new(),
         }
     }

@@ -86,8 +86,8 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         classroom_id: Option<String>,
     },
-    /// The highest video layer this client wants to receive, for every video it receives.
-    /// `auto` lets the server choose by bandwidth.
+    /// Which simulcast layer this client receives, for every video it receives: `auto` (the
+    /// default) adapts to the link; `low`, `medium` and `high` pin that layer (no adaptation).
     SetMaxLayer { layer: LayerChoice },
     /// Teacher only: end the lesson for everybody.
     EndLesson,
@@ -212,7 +212,7 @@ pub struct LinkInfo {
     /// Send-side bandwidth estimate towards the classroom.
     pub estimate_kbps: u32,
     /// Packet loss towards the classroom, percent.
-    pub loss_pct: f32,
+    pub loss_pct: f64,
     pub rtt_ms: u32,
     pub level: LinkLevel,
 }

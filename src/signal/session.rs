@@ -136,7 +136,12 @@ pub async fn run(mut socket: WebSocket, addr: IpAddr, engine: EngineHandle) {
                         continue;
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(Message::Close(_))) => {
+                        // Answer the client's close so it sees a clean close, not 1006.
+                        let _ = socket.send(Message::Close(None)).await;
+                        break;
+                    }
+                    None => break,
                     Some(Err(e)) => {
                         tracing::debug!(%conn, "websocket error: {e}");
                         break;

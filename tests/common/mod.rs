@@ -75,11 +75,29 @@ pub struct ClientState {
     pub tracks: HashMap<String, TrackInfo>,
     pub closed: bool,
     pub keyframe_requests: u32,
+    /// Fraction of incoming datagrams this client drops, to emulate a lossy downlink.
+    pub incoming_loss: f64,
+    /// Datagrams dropped so far.
+    pub dropped: u64,
+}
+
+/// Commands from a test to its client task.
+pub enum Ctl {
+    Send(ClientMessage),
+    /// Send a PLI for a received video.
+    RequestKeyframe(Mid),
+}
+
+/// Bytes per frame of simulcast layer `i` (0 = lowest): the lowest is small (72 kbit/s at
+/// 30 fps, so it fits any estimate), the top spans three RTP packets, so that losing one packet
+/// loses the frame unless it is retransmitted.
+pub fn frame_len(layer: usize) -> usize {
+    [300, 1500, 3000].get(layer).copied().unwrap_or(3000)
 }
 
 pub struct TestClient {
     pub state: Arc<Mutex<ClientState>>,
-    tx: mpsc::UnboundedSender<ClientMessage>,
+    tx: mpsc::UnboundedSender<Ctl>,
 }
 
 fn vp8_frame(keyframe: bool, width: u16, len: usize, n: u64) -> Vec<u8> {
@@ -110,13 +128,21 @@ impl TestClient {
             .expect("websocket connects");
         let state = Arc::new(Mutex::new(ClientState::default()));
         let (tx, rx) = mpsc::unbounded_channel();
-        tx.send(join).unwrap();
+        tx.send(Ctl::Send(join)).unwrap();
         tokio::spawn(run_client(ws, rx, state.clone(), layers.to_vec()));
         TestClient { state, tx }
     }
 
     pub fn send(&self, msg: ClientMessage) {
-        let _ = self.tx.send(msg);
+        let _ = self.tx.send(Ctl::Send(msg));
+    }
+
+    pub fn request_keyframe(&self, mid: Mid) {
+        let _ = self.tx.send(Ctl::RequestKeyframe(mid));
+    }
+
+    pub fn set_incoming_loss(&self, fraction: f64) {
+        self.state.lock().unwrap().incoming_loss = fraction;
     }
 
     pub async fn wait_for<T>(
@@ -216,7 +242,7 @@ async fn send_ws(ws: &mut Ws, msg: ClientMessage) {
 
 async fn run_client(
     mut ws: Ws,
-    mut outgoing: mpsc::UnboundedReceiver<ClientMessage>,
+    mut outgoing: mpsc::UnboundedReceiver<Ctl>,
     state: Arc<Mutex<ClientState>>,
     layers: Vec<Layer>,
 ) {
@@ -235,6 +261,7 @@ async fn run_client(
     let mut published = false;
     let mut want_key: HashMap<Option<Rid>, bool> = HashMap::new();
     let mut buf = vec![0u8; 2048];
+    let mut lcg: u64 = 0x5eed;
     let mut frame_n: u64 = 0;
     let start = Instant::now();
     let mut next_frame = Instant::now();
@@ -283,6 +310,18 @@ async fn run_client(
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, source)) = r {
+                    // A seeded LCG: deterministic loss pattern, no extra dependency.
+                    lcg = lcg.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let draw = (lcg >> 33) as f64 / (1u64 << 31) as f64;
+                    let drop_it = {
+                        let mut s = state.lock().unwrap();
+                        let d = draw < s.incoming_loss;
+                        s.dropped += d as u64;
+                        d
+                    };
+                    if drop_it {
+                        continue;
+                    }
                     if let Ok(contents) = buf[..n].try_into() {
                         let _ = rtc.handle_input(Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source, destination: local, contents }));
                     }
@@ -335,7 +374,12 @@ async fn run_client(
             }
             out = outgoing.recv() => {
                 match out {
-                    Some(msg) => send_ws(&mut ws, msg).await,
+                    Some(Ctl::Send(msg)) => send_ws(&mut ws, msg).await,
+                    Some(Ctl::RequestKeyframe(mid)) => {
+                        if let Some(mut w) = rtc.writer(mid) {
+                            let _ = w.request_keyframe(None, str0m::media::KeyframeRequestKind::Pli);
+                        }
+                    }
                     None => return,
                 }
             }
@@ -358,7 +402,7 @@ async fn run_client(
                         .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
                         .map(|p| p.pt());
                     let Some(pt) = pt else { break };
-                    let frame = vp8_frame(key, l.width, 200 * (i + 1), frame_n);
+                    let frame = vp8_frame(key, l.width, frame_len(i), frame_n);
                     let _ = w.rid(rid).write(pt, now, time, frame);
                 }
             }
