@@ -10,7 +10,7 @@ const TEXT = {
     chart_daily: "每日使用分钟数", chart_rate: "各校使用率", chart_quality: "接收质量分布",
     usage_table: "使用明细", least_used: "使用最少的教室", all: "全部", loading: "加载中…",
     need_token: "请输入管理令牌", err: "出错：", lang: "English",
-    c_id: "编号", c_name: "名称", c_school: "学校", c_minutes: "使用分钟", c_sessions: "连接次数",
+    c_id: "编号", c_name: "名称", c_school: "学校", c_county: "区县", c_minutes: "使用分钟", c_sessions: "连接次数",
     c_invited: "应参加课次", c_attended: "实参加课次", c_rate: "使用率", c_quality: "平均质量",
     c_reconnects: "重连", c_called_on: "上台", c_hands: "举手", c_freezes: "卡顿",
     q_top: "高清", q_middle: "标清", q_low: "流畅", q_audio: "仅音频", q_paused: "暂停",
@@ -24,7 +24,7 @@ const TEXT = {
     chart_quality: "Received quality", usage_table: "Usage", least_used: "Least-used classrooms",
     all: "All", loading: "Loading…", need_token: "Enter an admin token", err: "Error: ",
     lang: "中文",
-    c_id: "Id", c_name: "Name", c_school: "School", c_minutes: "Minutes", c_sessions: "Sessions",
+    c_id: "Id", c_name: "Name", c_school: "School", c_county: "County", c_minutes: "Minutes", c_sessions: "Sessions",
     c_invited: "Invited", c_attended: "Attended", c_rate: "Usage rate", c_quality: "Quality",
     c_reconnects: "Reconnects", c_called_on: "Called on", c_hands: "Hands", c_freezes: "Freezes",
     q_top: "Top", q_middle: "Middle", q_low: "Low", q_audio: "Audio only", q_paused: "Paused",
@@ -41,10 +41,19 @@ const COLUMNS = [
   ["freezes", "c_freezes"],
 ];
 
+// The third column names what a row belongs to: a classroom's school, a school's county; county
+// and city rows belong to nothing shown.
+function columnsFor(level) {
+  const [id, name, , ...rest] = COLUMNS;
+  if (level === "school") return [id, name, ["county_name", "c_county"], ...rest];
+  if (level === "county" || level === "city") return [id, name, ...rest];
+  return COLUMNS;
+}
+
 const state = {
   lang: localStorage.getItem("tongbu-lang") || "zh",
   token: sessionStorage.getItem("tongbu-admin-token") || "",
-  rows: [], least: [], days: [], city: null, schools: [], directory: null,
+  rows: [], level: "classroom", least: [], days: [], city: null, schools: [], directory: null,
   sort: { key: "minutes", desc: true },
 };
 
@@ -116,6 +125,7 @@ async function refresh() {
       api("/api/usage?" + params({ level: "school", per_page: 1000, sort: "usage_rate" })),
     ]);
     state.rows = usage.rows;
+    state.level = level;
     state.least = least.rows;
     state.days = daily.days;
     state.city = city.rows[0] || null;
@@ -139,9 +149,10 @@ function fmt(key, v) {
   return String(v);
 }
 
-function fillTable(table, rows, sortable) {
+function fillTable(table, rows, sortable, level) {
+  const columns = columnsFor(level);
   const head = document.createElement("tr");
-  for (const [key, label] of COLUMNS) {
+  for (const [key, label] of columns) {
     const th = document.createElement("th");
     th.textContent = t(label);
     th.dataset.key = key;
@@ -159,7 +170,7 @@ function fillTable(table, rows, sortable) {
   for (const r of rows) {
     const tr = document.createElement("tr");
     tr.dataset.id = r.id;
-    for (const [key] of COLUMNS) {
+    for (const [key] of columns) {
       const td = document.createElement("td");
       td.dataset.key = key;
       td.textContent = fmt(key, r[key]);
@@ -253,8 +264,8 @@ function drawQuality(canvas) {
 }
 
 function render() {
-  fillTable($("usage"), sortedRows(), true);
-  fillTable($("least"), state.least, false);
+  fillTable($("usage"), sortedRows(), true, state.level);
+  fillTable($("least"), state.least, false, "classroom");
   renderSummary();
   drawBars($("chart-daily"), state.days.map((d) => d.date.slice(5)), state.days.map((d) => d.minutes),
     0, "#3a7bd5", (v) => String(Math.round(v)));
@@ -264,10 +275,12 @@ function render() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  // A token may come in the fragment (#token=...), which never reaches server logs.
+  // A token may come in the fragment (#token=..., never reaches server logs) or, like the CSV
+  // links, in the query (/admin?token=...); either way it is taken off the address bar.
   const m = location.hash.match(/token=([^&]+)/);
-  if (m) {
-    state.token = decodeURIComponent(m[1]);
+  const q = new URLSearchParams(location.search).get("token");
+  if (m || q) {
+    state.token = m ? decodeURIComponent(m[1]) : q;
     sessionStorage.setItem("tongbu-admin-token", state.token);
     history.replaceState(null, "", location.pathname);
   }
