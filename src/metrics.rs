@@ -2,7 +2,7 @@
 //! usage database (and the usage module's bounded per-classroom counters), never a label per
 //! lesson, session, peer or address.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -15,6 +15,12 @@ pub struct Metrics {
     pub keyframe_requests: IntCounter,
     pub calls_on: IntCounter,
     pub signaling_errors: IntCounterVec,
+    pub nacks: IntCounter,
+    pub subscriber_keyframe_requests: IntCounter,
+    /// Every estimate update towards any subscriber.
+    pub estimate_bps: Histogram,
+    /// Seconds classrooms spent receiving the teacher at each quality level.
+    pub received_quality_seconds: IntCounterVec,
 }
 
 impl Metrics {
@@ -45,7 +51,41 @@ impl Metrics {
         registry
             .register(Box::new(signaling_errors.clone()))
             .expect("unique metric");
+        let estimate_bps = Histogram::with_opts(
+            HistogramOpts::new(
+                "tongbu_egress_estimate_bps",
+                "Send-side bandwidth estimates towards subscribers, bits per second",
+            )
+            .buckets(vec![
+                100e3, 200e3, 300e3, 500e3, 800e3, 1.2e6, 2e6, 3e6, 5e6, 10e6,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(estimate_bps.clone()))
+            .expect("unique metric");
+        let received_quality_seconds = IntCounterVec::new(
+            Opts::new(
+                "tongbu_received_quality_seconds_total",
+                "Seconds classrooms received the teacher's camera at each quality level",
+            ),
+            &["level"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(received_quality_seconds.clone()))
+            .expect("unique metric");
         Metrics {
+            nacks: counter(
+                "tongbu_nacks_received_total",
+                "NACKs received from subscribers",
+            ),
+            subscriber_keyframe_requests: counter(
+                "tongbu_subscriber_keyframe_requests_total",
+                "PLI/FIR received from subscribers (each is a lost picture)",
+            ),
+            estimate_bps,
+            received_quality_seconds,
             lessons_live: gauge("tongbu_lessons_live", "Lessons in progress"),
             classrooms_connected: gauge(
                 "tongbu_classrooms_connected",

@@ -51,6 +51,7 @@ impl Engine {
     pub(crate) fn on_estimate(&mut self, id: ConnId, estimate: Bitrate, now: Instant) {
         if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
             tracing::trace!(%id, bps = estimate.as_u64(), "egress estimate");
+            self.metrics.estimate_bps.observe(estimate.as_u64() as f64);
             peer.estimate_bps = Some(estimate.as_u64());
         }
         self.reallocate(id, now);

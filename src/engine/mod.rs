@@ -181,6 +181,8 @@ pub(crate) struct Conn {
 
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct PeerTotals {
+    /// Keyframe requests from this client's decoders: each one is a picture it lost (a freeze).
+    pub keyframe_requests: u32,
     pub bytes_rx: u64,
     pub bytes_tx: u64,
     pub loss: Option<f32>,
@@ -497,7 +499,13 @@ impl Engine {
             Event::MediaAdded(added) => self.on_media_added(id, added),
             Event::MediaChanged(changed) => self.on_media_changed(id, changed),
             Event::MediaData(data) => self.forward_media(id, data, now),
-            Event::KeyframeRequest(req) => self.relay_keyframe_request(id, req, now),
+            Event::KeyframeRequest(req) => {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.latest.keyframe_requests += 1;
+                }
+                self.metrics.subscriber_keyframe_requests.inc();
+                self.relay_keyframe_request(id, req, now)
+            }
             Event::EgressBitrateEstimate(kind) => {
                 let estimate = match kind {
                     str0m::bwe::BweKind::Twcc { estimate, .. } => estimate,
@@ -517,7 +525,16 @@ impl Engine {
                         bytes_tx: stats.peer_bytes_tx,
                         loss: stats.egress_loss_fraction,
                         rtt_ms: stats.rtt.map(|d| d.as_secs_f32() * 1000.0),
+                        ..conn.latest
                     };
+                }
+            }
+            Event::MediaEgressStats(stats) => {
+                // Cumulative per outgoing stream: count what is new since the last report.
+                if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
+                    let key = (stats.mid, stats.rid);
+                    let last = peer.egress_nacks.insert(key, stats.nacks).unwrap_or(0);
+                    self.metrics.nacks.inc_by(stats.nacks.saturating_sub(last));
                 }
             }
             Event::IceConnectionStateChange(state) => {

@@ -32,13 +32,30 @@ impl Engine {
                 quality,
                 loss: conn.latest.loss,
                 rtt_ms: conn.latest.rtt_ms,
-                freezes: 0,
+                freezes: conn
+                    .latest
+                    .keyframe_requests
+                    .saturating_sub(conn.sampled.keyframe_requests),
             });
+            self.metrics
+                .received_quality_seconds
+                .with_label_values(&[quality_label(quality)])
+                .inc();
             conn.sampled = conn.latest;
         }
         for s in samples {
             self.usage(s);
         }
+    }
+}
+
+fn quality_label(q: QualityLevel) -> &'static str {
+    match q {
+        QualityLevel::Top => "top",
+        QualityLevel::Middle => "middle",
+        QualityLevel::Low => "low",
+        QualityLevel::AudioOnly => "audio_only",
+        QualityLevel::Paused => "paused",
     }
 }
 

@@ -116,6 +116,8 @@ pub struct Peer {
     pub last_quality: Vec<TrackQuality>,
     /// Since when ICE has been disconnected, if it is.
     pub ice_lost_since: Option<Instant>,
+    /// NACKs received so far per outgoing stream, to count new ones.
+    pub egress_nacks: std::collections::HashMap<(Mid, Option<Rid>), u64>,
     /// Sources announced with the client's last offer, by mid.
     announced: Vec<(String, SourceKind)>,
 }
@@ -136,6 +138,7 @@ impl Peer {
             bwe_desired: None,
             last_quality: Vec::new(),
             ice_lost_since: None,
+            egress_nacks: Default::default(),
             announced: Vec::new(),
         }
     }
