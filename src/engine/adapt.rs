@@ -192,25 +192,7 @@ impl Engine {
                 }
             }
             for (key, track_id, req) in asks {
-                let rtt = self
-                    .conns
-                    .get(&key.publisher)
-                    .and_then(|c| c.peer.as_ref())
-                    .and_then(|p| p.rtt)
-                    .unwrap_or_default();
-                if self
-                    .keyframes
-                    .request(now, track_id, req.layer, req.waiting_since, rtt)
-                {
-                    super::media::request_keyframe(
-                        &mut self.conns,
-                        key.publisher,
-                        key.mid,
-                        req.layer,
-                        &self.metrics,
-                    );
-                    self.mark_dirty(key.publisher);
-                }
+                self.ask_keyframe(key, track_id, req.layer, req.waiting_since, now);
             }
         }
     }

@@ -82,8 +82,7 @@ impl Engine {
         msg: ClientMessage,
         now: Instant,
     ) -> Result<(), Refusal> {
-        let joined = self.conns.get(&id).and_then(|c| c.joined.clone());
-        let joined = match (msg, joined) {
+        let (msg, joined) = match (msg, self.conns.get(&id).and_then(|c| c.joined.clone())) {
             (ClientMessage::Join { token, code }, None) => return self.join(id, token, code, now),
             (ClientMessage::Join { .. }, Some(_)) => {
                 return Err(refuse(ErrorCode::AlreadyJoined, "already joined"))
@@ -95,12 +94,10 @@ impl Engine {
             (_, None) => return Err(refuse(ErrorCode::NotJoined, "send join first")),
             (msg, Some(joined)) => (msg, joined),
         };
-        let (msg, joined) = joined;
         match msg {
             ClientMessage::StartLesson { title, invited } => {
                 require(&joined, Role::Teacher)?;
-                if let Some(live) = self.registry.live_for_host(&joined.classroom_id) {
-                    let _ = live;
+                if self.registry.live_for_host(&joined.classroom_id).is_some() {
                     return Err(refuse(
                         ErrorCode::LessonActive,
                         "a lesson is already live here",
@@ -328,31 +325,13 @@ impl Engine {
         if let Some(lesson_id) = &live {
             self.attach_teacher(id, lesson_id);
         }
-        let invitable = match live.as_deref().and_then(|l| self.registry.get(l)) {
-            Some(lesson) => self
-                .dir
-                .default_invites(&classroom)
-                .iter()
-                .map(|c| classroom_view(&self.dir, c, lesson))
-                .collect(),
-            None => self
-                .dir
-                .default_invites(&classroom)
-                .iter()
-                .filter_map(|c| self.dir.classroom(c))
-                .map(|c| crate::signal::message::ClassroomView {
-                    classroom_id: c.id.clone(),
-                    name: c.name.clone(),
-                    school: self
-                        .dir
-                        .school(&c.school)
-                        .map(|s| s.name.clone())
-                        .unwrap_or_default(),
-                    connected: false,
-                    hand_raised: false,
-                })
-                .collect(),
-        };
+        let live_lesson = live.as_deref().and_then(|l| self.registry.get(l));
+        let invitable = self
+            .dir
+            .default_invites(&classroom)
+            .iter()
+            .map(|c| classroom_view(&self.dir, c, live_lesson))
+            .collect();
         let (lesson, invites) = match live.as_deref().and_then(|l| self.registry.get(l)) {
             Some(l) => (Some(l.view(&self.dir)), l.invites(&self.dir)),
             None => (None, Vec::new()),

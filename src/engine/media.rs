@@ -269,13 +269,29 @@ impl Engine {
             .as_ref()
             .and_then(|v| v.selector.current().or(v.selector.target()))
             .map_or(0, |c| c.layer);
+        self.ask_keyframe(key, track_id, layer, now, now);
+    }
+
+    /// Asks the publisher of `key` for a keyframe of `layer` for a subscriber waiting since
+    /// `waiting_since`, if the shared throttle lets it through.
+    pub(crate) fn ask_keyframe(
+        &mut self,
+        key: TrackKey,
+        track_id: u64,
+        layer: u8,
+        waiting_since: Instant,
+        now: Instant,
+    ) {
         let rtt = self
             .conns
             .get(&key.publisher)
             .and_then(|c| c.peer.as_ref())
             .and_then(|p| p.rtt)
             .unwrap_or_default();
-        if self.keyframes.request(now, track_id, layer, now, rtt) {
+        if self
+            .keyframes
+            .request(now, track_id, layer, waiting_since, rtt)
+        {
             request_keyframe(
                 &mut self.conns,
                 key.publisher,
@@ -289,7 +305,7 @@ impl Engine {
 }
 
 /// Sends a PLI for one layer of a publisher's track.
-pub(crate) fn request_keyframe(
+fn request_keyframe(
     conns: &mut HashMap<ConnId, Conn>,
     publisher: ConnId,
     mid: Mid,

@@ -90,7 +90,7 @@ impl Lesson {
             classrooms: self
                 .invited
                 .iter()
-                .map(|i| classroom_view(dir, &i.classroom_id, self))
+                .map(|i| classroom_view(dir, &i.classroom_id, Some(self)))
                 .collect(),
             called_on: self.called_on.clone(),
         }
@@ -112,7 +112,8 @@ impl Lesson {
     }
 }
 
-pub fn classroom_view(dir: &Directory, id: &str, lesson: &Lesson) -> ClassroomView {
+/// A classroom as pages show it; `lesson` tells whether it is connected and has its hand up.
+pub fn classroom_view(dir: &Directory, id: &str, lesson: Option<&Lesson>) -> ClassroomView {
     let classroom = dir.classroom(id);
     ClassroomView {
         classroom_id: id.to_string(),
@@ -121,8 +122,8 @@ pub fn classroom_view(dir: &Directory, id: &str, lesson: &Lesson) -> ClassroomVi
             .school_of(id)
             .map(|s| s.name.clone())
             .unwrap_or_default(),
-        connected: lesson.present.contains_key(id),
-        hand_raised: lesson.hands.contains(id),
+        connected: lesson.is_some_and(|l| l.present.contains_key(id)),
+        hand_raised: lesson.is_some_and(|l| l.hands.contains(id)),
     }
 }
 
