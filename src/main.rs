@@ -66,6 +66,9 @@ struct ServeArgs {
     /// The one UDP address every peer's media uses.
     #[arg(long, default_value = "127.0.0.1:10000")]
     udp: SocketAddr,
+    /// ICE-TCP fallback for classrooms whose firewall blocks UDP (443 in production); "off" disables it.
+    #[arg(long, default_value = "127.0.0.1:10000")]
+    tcp: String,
     /// Address to advertise in ICE candidates (repeat for IPv4 and IPv6); default: the UDP bind address.
     #[arg(long = "public-ip")]
     public_ips: Vec<IpAddr>,
@@ -147,9 +150,17 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Cmd::Serve(args) => {
+            let tcp = match args.tcp.as_str() {
+                "off" => None,
+                addr => Some(
+                    addr.parse()
+                        .context("--tcp takes an address:port or \"off\"")?,
+                ),
+            };
             let cfg = ServerConfig {
                 http: args.http,
                 udp: args.udp,
+                tcp,
                 public_ips: args.public_ips,
                 data_dir: Some(args.data_dir),
                 directory: load_directory(args.directory.as_ref())?,
@@ -165,7 +176,13 @@ async fn main() -> anyhow::Result<()> {
             };
             let running = server::start(cfg).await?;
             let base = running.base_url();
-            println!("tongbu serving on {base} (media UDP {})", running.udp_addr);
+            match running.tcp_addr {
+                Some(tcp) => println!(
+                    "tongbu serving on {base} (media UDP {}, TCP fallback {tcp})",
+                    running.udp_addr
+                ),
+                None => println!("tongbu serving on {base} (media UDP {})", running.udp_addr),
+            }
             if let Some(demo) = &running.demo {
                 println!("Teacher (主讲教室):   {}", demo.teacher_url);
                 for c in &demo.classrooms {
@@ -175,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
                 let ready = serde_json::json!({
                     "http": base,
                     "udp": running.udp_addr.to_string(),
+                    "tcp": running.tcp_addr.map(|a| a.to_string()),
                     "teacher_url": demo.teacher_url,
                     "lesson_id": demo.lesson_id,
                     "classrooms": demo.classrooms,

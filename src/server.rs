@@ -25,6 +25,8 @@ const DEMO_TEACHER_TOKEN_SECS: i64 = 30 * 24 * 3600;
 pub struct ServerConfig {
     pub http: SocketAddr,
     pub udp: SocketAddr,
+    /// ICE-TCP fallback for networks that block UDP; `None`: UDP only.
+    pub tcp: Option<SocketAddr>,
     pub public_ips: Vec<IpAddr>,
     /// Where the token secret and the usage database live; `None`: a fresh temporary directory.
     pub data_dir: Option<PathBuf>,
@@ -46,6 +48,7 @@ impl ServerConfig {
         ServerConfig {
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
             udp: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tcp: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             public_ips: Vec::new(),
             data_dir: None,
             directory: Directory::demo(),
@@ -86,6 +89,7 @@ pub struct DemoLesson {
 pub struct RunningServer {
     pub http_addr: SocketAddr,
     pub udp_addr: SocketAddr,
+    pub tcp_addr: Option<SocketAddr>,
     pub key: TokenKey,
     pub engine: EngineHandle,
     pub metrics: Arc<Metrics>,
@@ -164,6 +168,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     .await?;
     let engine = engine::spawn(EngineConfig {
         udp_bind: cfg.udp,
+        tcp_bind: cfg.tcp,
         public_ips: cfg.public_ips.clone(),
         key: key.clone(),
         directory: directory.clone(),
@@ -184,6 +189,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let mut server = RunningServer {
         http_addr,
         udp_addr: engine.udp_addr,
+        tcp_addr: engine.tcp_addr,
         key,
         engine: engine.clone(),
         metrics: metrics.clone(),

@@ -85,8 +85,24 @@ fn run_bounded(mut cmd: Command, limit: Duration, what: &str) -> (bool, String) 
     }
 }
 
+/// Pages with live video are heavy on two cores: one scenario at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn lesson_end_to_end_in_headless_chromium() {
+    run_scenario("lesson.e2e.mjs", "browser_e2e");
+}
+
+/// A classroom whose browser may not use UDP still gets the lesson over ICE-TCP.
+#[test]
+fn tcp_fallback_in_headless_chromium() {
+    run_scenario("tcp.e2e.mjs", "browser_tcp");
+}
+
+/// Starts `tongbu serve`, runs `tests/browser/<script> '<READY json>' <outdir>`, and asserts it
+/// passed with the server still up.
+fn run_scenario(script: &str, work_name: &str) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let browser_dir = root.join("tests/browser");
 
@@ -115,7 +131,7 @@ fn lesson_end_to_end_in_headless_chromium() {
     }
 
     // A fresh work directory inside the target dir.
-    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser_e2e");
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(work_name);
     let _ = std::fs::remove_dir_all(&work);
     let data_dir = work.join("data");
     let shots = work.join("out");
@@ -131,6 +147,8 @@ fn lesson_end_to_end_in_headless_chromium() {
             "--http",
             "127.0.0.1:0",
             "--udp",
+            "127.0.0.1:0",
+            "--tcp",
             "127.0.0.1:0",
             "--data-dir",
         ])
@@ -180,12 +198,12 @@ fn lesson_end_to_end_in_headless_chromium() {
 
     // Drive the pages.
     let mut node = Command::new("node");
-    node.arg(browser_dir.join("lesson.e2e.mjs"))
+    node.arg(browser_dir.join(script))
         .arg(&ready)
         .arg(&shots)
         .current_dir(&browser_dir)
         .env("TONGBU_CHROMIUM", &chromium);
-    let (ok, out) = run_bounded(node, NODE_TIMEOUT, "node lesson.e2e.mjs");
+    let (ok, out) = run_bounded(node, NODE_TIMEOUT, &format!("node {script}"));
     eprintln!("{out}");
     let still_running = matches!(server.0.try_wait(), Ok(None));
     drop(server);

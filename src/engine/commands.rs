@@ -546,7 +546,7 @@ impl Engine {
         now: Instant,
     ) -> Result<(), Refusal> {
         let lesson_id = lesson_of(joined)?;
-        let candidates = host_candidates(&self.candidates);
+        let candidates = host_candidates(&self.candidates, &self.tcp_candidates);
         // Baseline mode runs without an estimator: no probing, no padding.
         let bwe = self
             .adaptation

@@ -11,6 +11,7 @@ mod commands;
 mod media;
 mod routes;
 mod samples;
+mod tcp;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Event, Input, Output};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -105,6 +106,8 @@ pub enum EngineError {
 
 pub struct EngineConfig {
     pub udp_bind: SocketAddr,
+    /// ICE-TCP fallback listener (e.g. port 443 for firewalls that block UDP); `None`: UDP only.
+    pub tcp_bind: Option<SocketAddr>,
     /// Addresses put in ICE candidates; defaults to the bound address.
     pub public_ips: Vec<IpAddr>,
     pub key: TokenKey,
@@ -124,6 +127,7 @@ pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     next_conn: Arc<AtomicU64>,
     pub udp_addr: SocketAddr,
+    pub tcp_addr: Option<SocketAddr>,
 }
 
 impl EngineHandle {
@@ -193,6 +197,9 @@ pub(crate) struct Engine {
     socket: UdpSocket,
     local_addr: SocketAddr,
     candidates: Vec<SocketAddr>,
+    tcp_candidates: Vec<SocketAddr>,
+    /// Open ICE-TCP links by remote address.
+    tcp_links: HashMap<SocketAddr, mpsc::Sender<bytes::Bytes>>,
     key: TokenKey,
     dir: Arc<Directory>,
     usage: mpsc::UnboundedSender<UsageEvent>,
@@ -233,11 +240,30 @@ pub async fn spawn(cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
             .map(|ip| SocketAddr::new(*ip, local_addr.port()))
             .collect()
     };
+    let (tcp_tx, tcp_rx) = mpsc::channel(4096);
+    let mut tcp_candidates = Vec::new();
+    let mut tcp_addr = None;
+    if let Some(bind) = cfg.tcp_bind {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(|e| EngineError::Bind(bind, e))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| EngineError::Bind(bind, e))?;
+        tcp_candidates = candidates
+            .iter()
+            .map(|c| SocketAddr::new(c.ip(), local.port()))
+            .collect();
+        tcp_addr = Some(local);
+        tokio::spawn(tcp::accept_loop(listener, tcp_tx));
+    }
     let (tx, rx) = mpsc::channel(1024);
     let engine = Engine {
         socket,
         local_addr,
         candidates,
+        tcp_candidates,
+        tcp_links: HashMap::new(),
         key: cfg.key,
         dir: cfg.directory,
         usage: cfg.usage,
@@ -254,16 +280,21 @@ pub async fn spawn(cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
         initial_estimate_bps: cfg.initial_estimate_bps,
         next_track_id: 0,
     };
-    tokio::spawn(engine.run(rx));
+    tokio::spawn(engine.run(rx, tcp_rx));
     Ok(EngineHandle {
         tx,
         next_conn: Arc::new(AtomicU64::new(1)),
         udp_addr: local_addr,
+        tcp_addr,
     })
 }
 
 impl Engine {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut tcp: mpsc::Receiver<tcp::TcpEvent>,
+    ) {
         let mut buf = vec![0u8; RECV_BUF];
         let mut next_tick = Instant::now() + TICK;
         let mut next_adapt = Instant::now() + ADAPT_TICK;
@@ -274,9 +305,10 @@ impl Engine {
                     let Some(cmd) = cmd else { break };
                     self.handle_command(cmd, Instant::now());
                 }
+                Some(event) = tcp.recv() => self.handle_tcp(event, Instant::now()),
                 res = self.socket.recv_from(&mut buf) => {
                     match res {
-                        Ok((n, source)) => self.handle_datagram(&buf[..n], source, Instant::now()),
+                        Ok((n, source)) => self.handle_packet(Protocol::Udp, &buf[..n], source, Instant::now()),
                         // ICMP port unreachable from a vanished peer shows up here; not fatal.
                         Err(e) => tracing::debug!("UDP receive error: {e}"),
                     }
@@ -309,16 +341,17 @@ impl Engine {
             .unwrap_or_else(|| Instant::now() + TICK)
     }
 
-    fn handle_datagram(&mut self, data: &[u8], source: SocketAddr, now: Instant) {
+    /// One received packet, from the UDP socket or a TCP link, to the peer it belongs to.
+    fn handle_packet(&mut self, proto: Protocol, data: &[u8], source: SocketAddr, now: Instant) {
         let Ok(contents) = data.try_into() else {
             // Not STUN, DTLS, RTP or RTCP: nothing of ours.
             return;
         };
-        let destination = self.destination_for(source);
+        let destination = self.destination_for(proto, source);
         let input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
                 destination,
                 contents,
@@ -355,13 +388,32 @@ impl Engine {
             .is_some_and(|p| p.rtc.accepts(input))
     }
 
-    /// The local address a datagram from `source` was sent to, as str0m knows it.
-    fn destination_for(&self, source: SocketAddr) -> SocketAddr {
-        self.candidates
+    /// The local address a packet from `source` was sent to, as str0m knows it (the advertised
+    /// candidate of that protocol and address family).
+    fn destination_for(&self, proto: Protocol, source: SocketAddr) -> SocketAddr {
+        let (candidates, fallback) = match proto {
+            Protocol::Udp => (&self.candidates, self.local_addr),
+            _ => (&self.tcp_candidates, self.local_addr),
+        };
+        candidates
             .iter()
             .find(|c| c.is_ipv4() == source.is_ipv4())
             .copied()
-            .unwrap_or(self.local_addr)
+            .unwrap_or(fallback)
+    }
+
+    fn handle_tcp(&mut self, event: tcp::TcpEvent, now: Instant) {
+        match event {
+            tcp::TcpEvent::Opened { remote, writer } => {
+                self.tcp_links.insert(remote, writer);
+            }
+            tcp::TcpEvent::Packet { remote, data } => {
+                self.handle_packet(Protocol::Tcp, &data, remote, now)
+            }
+            tcp::TcpEvent::Closed { remote } => {
+                self.tcp_links.remove(&remote);
+            }
+        }
     }
 
     fn handle_timeouts(&mut self, now: Instant) {
@@ -425,12 +477,20 @@ impl Engine {
                     peer.next_timeout = t;
                     return;
                 }
-                Ok(Output::Transmit(t)) => {
+                Ok(Output::Transmit(t)) if t.proto == Protocol::Udp => {
                     // A full socket buffer drops the datagram, as the network would.
                     if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
                         if e.kind() != std::io::ErrorKind::WouldBlock {
                             tracing::debug!(%id, "UDP send error: {e}");
                         }
+                    }
+                }
+                Ok(Output::Transmit(t)) => {
+                    // A TCP link that cannot keep up drops the packet; RTP repairs or skips it.
+                    if let (Some(link), Some(frame)) =
+                        (self.tcp_links.get(&t.destination), tcp::frame(&t.contents))
+                    {
+                        let _ = link.try_send(frame);
                     }
                 }
                 Ok(Output::Event(event)) => self.events.push_back((id, event)),
@@ -553,9 +613,15 @@ impl Engine {
 }
 
 /// The host candidates for a new peer.
-pub(crate) fn host_candidates(addrs: &[SocketAddr]) -> Vec<Candidate> {
-    addrs
-        .iter()
-        .filter_map(|a| Candidate::host(*a, "udp").ok())
-        .collect()
+pub(crate) fn host_candidates(udp: &[SocketAddr], tcp: &[SocketAddr]) -> Vec<Candidate> {
+    let udp = udp.iter().filter_map(|a| Candidate::host(*a, "udp").ok());
+    let tcp = tcp.iter().filter_map(|a| {
+        Candidate::builder()
+            .tcp()
+            .host(*a)
+            .tcptype(TcpType::Passive)
+            .build()
+            .ok()
+    });
+    udp.chain(tcp).collect()
 }
