@@ -205,11 +205,18 @@ fn rtt_is_twice_the_one_way_delay() {
         200,
         "no loss configured, every probe must return"
     );
-    let mean = rtts.iter().map(|r| ms(r.1)).sum::<f64>() / rtts.len() as f64;
-    let min = rtts.iter().map(|r| ms(r.1)).fold(f64::MAX, f64::min);
-    eprintln!("RTT with 2 x 50 ms: mean {mean:.2} ms, min {min:.2} ms");
+    let mut v: Vec<f64> = rtts.iter().map(|r| ms(r.1)).collect();
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    v.sort_by(f64::total_cmp);
+    let (min, median) = (v[0], v[v.len() / 2]);
+    eprintln!("RTT with 2 x 50 ms: mean {mean:.2} ms, median {median:.2} ms, min {min:.2} ms");
     assert!(min >= 100.0, "RTT below the configured delay: {min} ms");
-    assert!(within(mean, 100.0, 0.10), "mean RTT {mean} ms vs 100 ms");
+    // The median, not the mean: a scheduling stall of a test thread on a busy host adds tens of
+    // milliseconds to a few probes, which says nothing about the emulator.
+    assert!(
+        within(median, 100.0, 0.10),
+        "median RTT {median} ms vs 100 ms"
+    );
 }
 
 #[test]
@@ -224,11 +231,19 @@ fn jitter_varies_delay_without_reordering() {
     v.sort_by(f64::total_cmp);
     // Percentiles, not extremes: one scheduling stall of a test thread on a
     // busy host must not fail the test, while the emulator's bounds still show.
-    let (min, p5, p95) = (v[0], v[v.len() * 5 / 100], v[v.len() * 95 / 100]);
-    eprintln!(
-        "RTT with 2 x (30 +- 10) ms: mean {mean:.2}, min {min:.2}, p5 {p5:.2}, p95 {p95:.2} ms"
+    let (min, p5, median, p95) = (
+        v[0],
+        v[v.len() * 5 / 100],
+        v[v.len() / 2],
+        v[v.len() * 95 / 100],
     );
-    assert!(within(mean, 60.0, 0.10), "mean RTT {mean} ms vs 60 ms");
+    eprintln!(
+        "RTT with 2 x (30 +- 10) ms: mean {mean:.2}, median {median:.2}, min {min:.2}, p5 {p5:.2}, p95 {p95:.2} ms"
+    );
+    assert!(
+        within(median, 60.0, 0.10),
+        "median RTT {median} ms vs 60 ms"
+    );
     assert!(min >= 40.0, "RTT below 2 x (30 - 10) ms: {min}");
     assert!(p95 <= 82.0, "RTT p95 above 2 x (30 + 10) ms + 2 ms: {p95}");
     assert!(p95 - p5 >= 10.0, "no visible jitter: p5 {p5}, p95 {p95}");
