@@ -216,6 +216,34 @@ async fn no_token_reads_nothing_and_county_admins_stay_in_their_county() {
             .0,
         StatusCode::FORBIDDEN
     );
+    // The lesson list shows a teacher only the lessons its classroom hosted, with attendance.
+    let (status, body, _) = call(
+        &app,
+        "GET",
+        &format!("/api/lessons?{SEPT}"),
+        Some(&teacher),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let lessons = json(&body)["lessons"].as_array().unwrap().clone();
+    assert!(!lessons.is_empty());
+    assert!(
+        lessons.iter().all(|l| l["host_classroom"] == "c-h1"),
+        "{lessons:?}"
+    );
+    assert!(lessons
+        .iter()
+        .all(|l| l["invited"].as_i64().is_some() && l["attended"].as_i64().is_some()));
+    let (_, body, _) = call(
+        &app,
+        "GET",
+        &format!("/api/lessons?{SEPT}"),
+        Some(&city),
+        None,
+    )
+    .await;
+    assert!(json(&body)["lessons"].as_array().unwrap().len() > lessons.len());
 }
 
 #[tokio::test]

@@ -470,19 +470,30 @@ impl Store {
 
     /// Lessons started in `period` that involve (host or invite) a classroom the filter admits,
     /// newest first: `(total, page)`.
+    /// Lessons started in `period` that invited a classroom the filter admits; with `host`, only
+    /// the lessons that classroom hosted (a teacher's own lessons).
     pub fn lessons(
         &self,
         period: Period,
         filter: &Filter,
+        host: Option<&str>,
         offset: i64,
         limit: i64,
     ) -> Result<(i64, Vec<LessonSummary>), StoreError> {
         let (cond, fparams) = filter.sql("i.classroom_id");
+        let host_cond = if host.is_some() {
+            " AND l.host_classroom = ?"
+        } else {
+            ""
+        };
         let scope = format!(
-            "l.started_at >= ? AND l.started_at < ?
+            "l.started_at >= ? AND l.started_at < ?{host_cond}
              AND EXISTS (SELECT 1 FROM lesson_invite i WHERE i.lesson_id = l.id{cond})"
         );
         let mut params = vec![Value::Integer(period.from), Value::Integer(period.to)];
+        if let Some(h) = host {
+            params.push(Value::Text(h.to_string()));
+        }
         params.extend(fparams);
         let total: i64 = self.conn().query_row(
             &format!("SELECT COUNT(*) FROM lesson l WHERE {scope}"),

@@ -240,7 +240,9 @@ fn main() -> anyhow::Result<()> {
         d.as_secs_f64() * 1e3,
         days.len()
     );
-    let (d, (total, _)) = time(5, || store.lessons(october, &all, 0, 50).expect("query"));
+    let (d, (total, _)) = time(5, || {
+        store.lessons(october, &all, None, 0, 50).expect("query")
+    });
     println!(
         "  {:<40} {:>8.1} ms  ({total} lessons)",
         "city-wide lessons, first page",
