@@ -1054,7 +1054,7 @@ pub fn openapi_document() -> serde_json::Value {
                 "responses": merge(json!({"200": {"description": "Days", "content": {"application/json": {"schema": {
                     "type": "object", "properties": {"days": {"type": "array", "items": {"type": "object", "properties": {
                         "date": {"type": "string", "format": "date"}, "minutes": {"type": "number"}}}}}}}}}}), &errors)}},
-            "/api/lessons": {"get": {"summary": "Lessons involving the scope, newest first",
+            "/api/lessons": {"get": {"summary": "Lessons involving the scope, newest first, with invited and attended counts (teachers: the lessons their classroom hosted)",
                 "parameters": with(&period, paging.as_array().map(Vec::as_slice).unwrap_or(&[])),
                 "responses": merge(json!({"200": {"description": "Lessons"}}), &errors)}},
             "/api/lessons/{id}": {"get": {"summary": "One lesson: every classroom's sessions (teachers: lessons they hosted)",
