@@ -189,11 +189,13 @@ async fn main() -> anyhow::Result<()> {
                     println!("Classroom {} — code {}: {}", c.name, c.code, c.link);
                 }
                 println!("Classrooms can also open {base}/classroom and type their code.");
+                println!("Usage statistics (city admin): {}", demo.admin_url);
                 let ready = serde_json::json!({
                     "http": base,
                     "udp": running.udp_addr.to_string(),
                     "tcp": running.tcp_addr.map(|a| a.to_string()),
                     "teacher_url": demo.teacher_url,
+                    "admin_url": demo.admin_url,
                     "lesson_id": demo.lesson_id,
                     "classrooms": demo.classrooms,
                 });

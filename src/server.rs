@@ -18,7 +18,7 @@ use crate::signal::message::Invite;
 /// village link; probing finds more within seconds.
 pub const DEFAULT_INITIAL_ESTIMATE_BPS: u64 = 500_000;
 
-/// How long the demo teacher link printed at startup stays valid.
+/// How long the demo teacher and admin links printed at startup stay valid.
 const DEMO_TEACHER_TOKEN_SECS: i64 = 30 * 24 * 3600;
 
 #[derive(Debug, Clone)]
@@ -83,6 +83,8 @@ pub enum ServerError {
 pub struct DemoLesson {
     pub lesson_id: String,
     pub teacher_url: String,
+    /// The usage page with a city-wide administrator token.
+    pub admin_url: String,
     pub classrooms: Vec<Invite>,
 }
 
@@ -221,6 +223,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         let demo = DemoLesson {
             lesson_id: started.lesson_id,
             teacher_url: format!("{base}/teacher?token={}", server.teacher_token(&host)),
+            admin_url: format!(
+                "{base}/admin?token={}",
+                server.key.sign(&Claims::Admin {
+                    scope: crate::auth::AdminScope::City,
+                    exp: now_unix() + DEMO_TEACHER_TOKEN_SECS,
+                })
+            ),
             classrooms: started
                 .invites
                 .into_iter()
@@ -239,6 +248,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 .iter()
                 .map(|i| (format!("{} · 课堂码 {}", i.name, i.code), i.link.clone())),
         );
+        links.push((
+            "使用统计（市级管理员）/ Usage statistics (city admin)".to_string(),
+            demo.admin_url.clone(),
+        ));
         demo_links = Some(Arc::new(links));
         server.demo = Some(demo);
     }
