@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the tests need (Chromium, iproute2, Node packages) and runs every test.
+# Installs what the tests need (Chromium, iproute2, Node packages, GStreamer) and runs every test.
 # Works on a fresh Debian machine with a Rust toolchain, as root or with sudo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,8 @@ missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium chromium-driver)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
+# The weak-link browser test makes its high-detail camera clip with GStreamer.
+command -v gst-launch-1.0 >/dev/null 2>&1 || missing+=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   as_root apt-get update -qq
