@@ -368,7 +368,8 @@ impl Run<'_> {
             let _ = err.read_to_string(&mut s);
             let _ = tx2.send((2, s));
         });
-        let limit = Duration::from_secs_f64(self.end_s + 45.0);
+        let limit =
+            Duration::from_secs_f64(self.end_s + if self.mode == "bench" { 90.0 } else { 45.0 });
         let started = Instant::now();
         let status = loop {
             if let Some(st) = driver.child().try_wait()? {

@@ -6,8 +6,8 @@
 //! classroom page every 50 ms and checks:
 //! - before the cap the classroom gets more than the lowest layer;
 //! - during the cap audio keeps arriving, no interval over 200 ms without a new audio packet;
-//! - from 4 s into the cap until it lifts, video is on the lowest layer (≤ 320 px) or paused;
-//! - within 22 s after the cap lifts, the video is back on the top layer.
+//! - from 6 s into the cap until it lifts, video is on the lowest layer (≤ 320 px) or paused;
+//! - within 22 s after the cap lifts (measured: 9–10 s), the video is back on the top layer.
 //!
 //! The teacher's top layer is capped at 1 Mbit/s (RTCRtpSender.setParameters) so that it fits a
 //! 2 Mbit/s link: uncapped, Chromium sends ≈2.5 Mbit/s on it for this clip and a 2 Mbit/s
@@ -70,7 +70,7 @@ fn weak_link_in_real_chromium() {
             "capChecks": {
                 "dropS": DROP_S,
                 "restoreS": RESTORE_S,
-                "settleS": 4.0,
+                "settleS": 6.0,
                 "upWithinS": END_S - RESTORE_S - 2.0,
                 "maxAudioGapMs": 200,
             },

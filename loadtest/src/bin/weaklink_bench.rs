@@ -10,8 +10,9 @@
 //!     cargo build --release --workspace --bins
 //!     target/release/weaklink_bench | tee loadtest/results/weaklink-$(date +%F).txt
 //!
-//! Each profile starts after a 10 s warm-up at the profile's first rate (pages load, media
-//! starts); the profile's own clock (t=0 of its schedule) starts after it.
+//! Each profile is measured after a warm-up at its first rate while the pages load and media
+//! starts (10 s; 20 s at 600 ms RTT, 30 s under bursty loss, later if setup takes longer); the
+//! collapse schedule's t=0 is the end of its warm-up.
 
 use std::path::PathBuf;
 
@@ -60,6 +61,8 @@ struct Profile {
     up: String,
     schedule: Vec<(f64, u64)>,
     seconds: f64,
+    /// Seconds before the measurement starts (pages load and media starts over the link).
+    warmup: f64,
 }
 
 fn profile(name: &str, seconds: f64) -> anyhow::Result<Profile> {
@@ -72,6 +75,7 @@ fn profile(name: &str, seconds: f64) -> anyhow::Result<Profile> {
             up: "village4g".into(),
             schedule: vec![(0.0, 1_000_000)],
             seconds,
+            warmup: w,
         },
         "collapse" => Profile {
             name: "collapse",
@@ -84,6 +88,7 @@ fn profile(name: &str, seconds: f64) -> anyhow::Result<Profile> {
             up: "rate=2M,delay=30ms".into(),
             schedule: vec![(0.0, 2_000_000), (w + 20.0, 300_000), (w + 50.0, 2_000_000)],
             seconds: seconds.max(75.0),
+            warmup: w,
         },
         "bursty" => Profile {
             name: "bursty",
@@ -92,6 +97,7 @@ fn profile(name: &str, seconds: f64) -> anyhow::Result<Profile> {
             up: "bursty".into(),
             schedule: vec![(0.0, 1_000_000)],
             seconds,
+            warmup: 30.0,
         },
         "satellite" => Profile {
             name: "satellite",
@@ -100,6 +106,7 @@ fn profile(name: &str, seconds: f64) -> anyhow::Result<Profile> {
             up: "satellite".into(),
             schedule: vec![(0.0, 2_000_000)],
             seconds,
+            warmup: 20.0,
         },
         other => bail!("unknown profile {other}"),
     })
@@ -138,7 +145,7 @@ fn main() -> anyhow::Result<()> {
         std::env::args().collect::<Vec<_>>().join(" ")
     );
     println!(
-        "# server {}; camera {} (high detail); teacher top layer maxBitrate {}; warm-up {WARMUP_S} s per run",
+        "# server {}; camera {} (high detail); teacher top layer maxBitrate {}; warm-up {WARMUP_S} s (bursty 30 s, satellite 20 s)",
         tongbu.display(),
         y4m.display(),
         if args.teacher_f_kbps > 0 {
@@ -169,8 +176,8 @@ fn main() -> anyhow::Result<()> {
                 down: p.down.clone(),
                 up: p.up.clone(),
                 schedule: p.schedule.clone(),
-                measure_from_s: WARMUP_S,
-                end_s: WARMUP_S + p.seconds,
+                measure_from_s: p.warmup,
+                end_s: p.warmup + p.seconds,
                 serve_args,
                 tongbu_bin: &tongbu,
                 linkem_bin: &linkem,
@@ -271,7 +278,7 @@ fn main() -> anyhow::Result<()> {
     }
     if args.timeline {
         println!();
-        println!("Timelines (every 2 s; s = seconds on the link's clock, warm-up {WARMUP_S} s): link kbit/s | received width, fps, kbit/s, audio packets | server estimate, loss %, RTT, layer (P = paused) | teacher send-side estimate, per-rid send kbit/s");
+        println!("Timelines (every 2 s; s = seconds on the link's clock): link kbit/s | received width, fps, kbit/s, audio packets | server estimate, loss %, RTT, layer (P = paused) | teacher send-side estimate, per-rid send kbit/s");
         for (label, tl) in &timelines {
             println!("-- {label}");
             for t in tl.as_array().into_iter().flatten().step_by(2) {
