@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the tests need (Chromium, iproute2, Node packages) and runs every test.
+# Installs what the tests need (Chromium, iproute2, Node packages, GStreamer) and runs every test.
 # Works on a fresh Debian machine with a Rust toolchain, as root or with sudo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,8 +8,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
 # Chromium for the page tests, iproute2 for the network namespaces of the weak-link tests,
-# a CJK font so screenshots of the Chinese pages are readable.
-for pkg in chromium chromium-driver iproute2 fonts-wqy-microhei; do
+# GStreamer to make the weak-link test's high-detail camera clip, a CJK font so screenshots of
+# the Chinese pages are readable.
+for pkg in chromium chromium-driver iproute2 fonts-wqy-microhei \
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 # Node may come from outside Debian (as on these machines); install Debian's only if absent.

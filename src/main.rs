@@ -91,6 +91,13 @@ struct ServeArgs {
     /// Seconds a higher allocation must hold before a subscriber steps up a layer.
     #[arg(long, default_value_t = 3.0)]
     up_hold_secs: f64,
+    /// Cap on the up-hold after repeated down-steps (it doubles per recent down-step), seconds;
+    /// default: the bwe::Tuning default.
+    #[arg(long)]
+    up_hold_max_secs: Option<f64>,
+    /// How long a down-step counts as recent for that back-off, seconds; default: bwe::Tuning's.
+    #[arg(long)]
+    down_memory_secs: Option<f64>,
     /// Fraction of the estimate handed out (the rest absorbs retransmissions and keyframes).
     #[arg(long, default_value_t = 0.9)]
     headroom: f64,
@@ -168,6 +175,16 @@ async fn main() -> anyhow::Result<()> {
                 tuning: tongbu::bwe::Tuning {
                     headroom: args.headroom.clamp(0.1, 1.0),
                     up_hold: std::time::Duration::from_secs_f64(args.up_hold_secs.clamp(0.0, 60.0)),
+                    up_hold_max: args
+                        .up_hold_max_secs
+                        .map_or(tongbu::bwe::Tuning::default().up_hold_max, |s| {
+                            std::time::Duration::from_secs_f64(s.clamp(0.0, 120.0))
+                        }),
+                    down_memory: args
+                        .down_memory_secs
+                        .map_or(tongbu::bwe::Tuning::default().down_memory, |s| {
+                            std::time::Duration::from_secs_f64(s.clamp(0.0, 600.0))
+                        }),
                     ..Default::default()
                 },
                 time_zone: chrono_tz::Asia::Shanghai,

@@ -2,5 +2,6 @@
 //! network-namespace helpers that let tests and benchmarks run real traffic
 //! through emulated rural links.
 
+pub mod browser;
 pub mod linkem;
 pub mod netns;

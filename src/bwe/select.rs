@@ -490,7 +490,7 @@ mod tests {
 
         let back = t0 + ms(1_000);
         s.on_allocation(back, full(0));
-        let hold = tuning.up_hold * 2; // one recent down-step
+        let hold = (tuning.up_hold * 2).min(tuning.up_hold_max); // one recent down-step
         assert_eq!(hold_end(&s), Some(back + hold));
         s.handle_timeout(back + hold - ms(1));
         assert_eq!(s.target(), None);
@@ -551,13 +551,16 @@ mod tests {
             assert_eq!(s.target(), full(2));
         }
         let max = tuning.up_hold_max;
-        assert_eq!(holds, vec![tuning.up_hold * 2, max, max, max]);
+        assert_eq!(holds, vec![(tuning.up_hold * 2).min(max), max, max, max]);
         // Quiet for the down memory: the next down-step counts as the first again.
         now += tuning.down_memory;
         s.on_allocation(now, full(0));
         now += ms(100);
         s.on_allocation(now, full(2));
-        assert_eq!(hold_end(&s), Some(now + tuning.up_hold * 2));
+        assert_eq!(
+            hold_end(&s),
+            Some(now + (tuning.up_hold * 2).min(tuning.up_hold_max))
+        );
     }
 
     #[test]
@@ -867,7 +870,12 @@ mod tests {
         // Recovery: no rise before the (backed-off) hold, and current follows only on keyframes.
         let recover_at = t0 + seg * 2;
         let up = trace.target_reaches(recover_at, high).expect("recovered");
-        let hold = tuning.up_hold * 2; // one recent down-step
+        // One down-step, recent only if the low segment is shorter than the down memory.
+        let hold = if seg >= tuning.down_memory {
+            tuning.up_hold
+        } else {
+            (tuning.up_hold * 2).min(tuning.up_hold_max)
+        };
         assert!(
             up - recover_at >= hold,
             "rose after only {:?}",
@@ -911,11 +919,13 @@ mod tests {
 
     #[test]
     fn a_slow_oscillation_climbs_with_growing_holds() {
-        // 12 s phases: longer than any hold, so the selector climbs each time, each time later.
+        // Phases longer than any hold but within the down memory, so the selector climbs each
+        // time, each time later.
         let t0 = Instant::now();
         let tuning = Tuning::default();
         let mut trace = Trace::new();
-        let phase = Duration::from_secs(12);
+        let phase = Duration::from_secs(8);
+        assert!(phase > tuning.up_hold_max && phase < tuning.down_memory);
         for i in 0..8u32 {
             let estimate = if i % 2 == 0 { 2_000_000 } else { 700_000 };
             trace.run(t0 + phase * i, phase, estimate);
@@ -938,7 +948,7 @@ mod tests {
         assert_eq!(
             delays,
             vec![
-                expected_hold(tuning.up_hold * 2),
+                expected_hold((tuning.up_hold * 2).min(tuning.up_hold_max)),
                 expected_hold(tuning.up_hold_max),
                 expected_hold(tuning.up_hold_max)
             ]
