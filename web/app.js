@@ -14,17 +14,20 @@
   var MEDIA = {
     teacher: {
       video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30, max: 30 } },
+      // Capped so every layer fits a village link: the top layer at 1.2 Mbit/s still leaves
+      // room for audio and courseware on a 2 Mbit/s line (uncapped, Chromium sends ~2.5 Mbit/s).
       encodings: [
-        { rid: 'q', scaleResolutionDownBy: 4 },
-        { rid: 'h', scaleResolutionDownBy: 2 },
-        { rid: 'f', scaleResolutionDownBy: 1 }
+        { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
+        { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
+        { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1200000 }
       ]
     },
     classroom: {
       video: { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 25, max: 30 } },
+      // Village uplinks are the weakest links of all: thumbnails for the teacher, more on stage.
       encodings: [
-        { rid: 'q', scaleResolutionDownBy: 2 },
-        { rid: 'h', scaleResolutionDownBy: 1 }
+        { rid: 'q', scaleResolutionDownBy: 2, maxBitrate: 150000 },
+        { rid: 'h', scaleResolutionDownBy: 1, maxBitrate: 600000 }
       ]
     }
   };
