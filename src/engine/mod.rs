@@ -579,6 +579,12 @@ impl Engine {
                     if let Some(peer) = conn.peer.as_mut() {
                         peer.loss = stats.egress_loss_fraction;
                         peer.rtt = stats.rtt;
+                        peer.loss_cap_bps = crate::media::peer::loss_capacity(
+                            stats.peer_bytes_tx.saturating_sub(conn.latest.bytes_tx),
+                            stats.timestamp,
+                            &mut peer.last_stats_at,
+                            stats.egress_loss_fraction,
+                        );
                     }
                     conn.latest = PeerTotals {
                         bytes_rx: stats.peer_bytes_rx,
