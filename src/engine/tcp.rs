@@ -143,13 +143,12 @@ mod tests {
         tokio::spawn(accept_loop(listener, tx));
 
         let mut client = TcpStream::connect(addr).await.unwrap();
-        let remote = match rx.recv().await.unwrap() {
-            TcpEvent::Opened { remote, writer } => {
-                writer.send(frame(b"hello").unwrap()).await.unwrap();
-                remote
-            }
+        // The engine keeps the writer while the link lives; so does this test.
+        let (remote, writer) = match rx.recv().await.unwrap() {
+            TcpEvent::Opened { remote, writer } => (remote, writer),
             other => panic!("{other:?}"),
         };
+        writer.send(frame(b"hello").unwrap()).await.unwrap();
         let mut got = [0u8; 7];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"\x00\x05hello");
