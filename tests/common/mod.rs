@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use str0m::change::{SdpAnswer, SdpOffer};
@@ -79,6 +79,91 @@ pub struct ClientState {
     pub incoming_loss: f64,
     /// Datagrams dropped so far.
     pub dropped: u64,
+    /// Datagrams received from the server (before `incoming_loss`).
+    pub datagrams_in: u64,
+    /// Per receiving mid, for light clients (`ClientOptions::light`).
+    pub tallies: HashMap<Mid, Tally>,
+    /// Send-to-receive latencies in microseconds of stamped frames (`ClientOptions::stamp`),
+    /// `(is_video, micros)`; the reader drains it.
+    pub latencies_us: Vec<(bool, u32)>,
+    /// Frames written by a publisher (video frames count once for all layers).
+    pub video_frames_sent: u64,
+    pub audio_frames_sent: u64,
+}
+
+/// What a light client keeps per received mid instead of every frame.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tally {
+    pub video: bool,
+    pub frames: u64,
+    pub bytes: u64,
+    /// Sequence numbers stamped by the publisher (`ClientOptions::stamp`): first and highest
+    /// seen, so that `last_seq - first_seq + 1 - frames` is the number of frames lost.
+    pub first_seq: Option<u32>,
+    pub last_seq: u32,
+}
+
+/// Knobs for benchmarks; `ClientOptions::default()` is what the tests use.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Bytes per delta frame of each simulcast layer (0 = lowest); empty: `frame_len`.
+    pub layer_bytes: Vec<usize>,
+    /// Keyframes are this many times the layer's delta frame size.
+    pub keyframe_scale: usize,
+    /// Interval between video frames.
+    pub frame_interval: Duration,
+    /// A keyframe every this many video frames.
+    pub keyframe_every: u64,
+    /// Bytes per audio frame (at least 16 when stamped).
+    pub audio_bytes: usize,
+    /// Interval between audio frames; `None`: one with each video frame.
+    pub audio_interval: Option<Duration>,
+    /// Publisher: write a sequence number and the wall-clock send time into every frame.
+    /// Subscriber: read them back (latency samples, per-mid loss tallies).
+    pub stamp: bool,
+    /// Subscriber: keep per-mid tallies instead of a `Received` per frame.
+    pub light: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            layer_bytes: Vec::new(),
+            keyframe_scale: 1,
+            frame_interval: Duration::from_millis(33),
+            keyframe_every: 90,
+            audio_bytes: 3,
+            audio_interval: None,
+            stamp: false,
+            light: false,
+        }
+    }
+}
+
+/// Wall-clock microseconds: publisher and subscriber may be in different processes.
+fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Where a stamped frame carries its sequence number and send time: video after the VP8
+/// header fields, audio after the Opus TOC bytes.
+const VIDEO_STAMP_AT: usize = 12;
+const AUDIO_STAMP_AT: usize = 4;
+
+fn write_stamp(frame: &mut [u8], at: usize, seq: u32) {
+    frame[at..at + 4].copy_from_slice(&seq.to_le_bytes());
+    frame[at + 4..at + 12].copy_from_slice(&wall_us().to_le_bytes());
+}
+
+fn read_stamp(frame: &[u8], at: usize) -> Option<(u32, u64)> {
+    let b = frame.get(at..at + 12)?;
+    Some((
+        u32::from_le_bytes(b[..4].try_into().ok()?),
+        u64::from_le_bytes(b[4..].try_into().ok()?),
+    ))
 }
 
 /// Commands from a test to its client task.
@@ -101,7 +186,7 @@ pub struct TestClient {
 }
 
 fn vp8_frame(keyframe: bool, width: u16, len: usize, n: u64) -> Vec<u8> {
-    let mut f = vec![0u8; len.max(16)];
+    let mut f = vec![0u8; len.max(VIDEO_STAMP_AT + 12)];
     // Frame tag: bit 0 = 0 marks a keyframe; show_frame bit set.
     f[0] = if keyframe { 0x10 } else { 0x11 };
     if keyframe {
@@ -123,13 +208,23 @@ impl TestClient {
     /// Connects to `/ws`, sends `join`, and (when `layers` is non-empty) publishes audio and
     /// simulcast video once joined.
     pub async fn connect(http: SocketAddr, join: ClientMessage, layers: &[Layer]) -> TestClient {
+        Self::connect_with(http, join, layers, ClientOptions::default()).await
+    }
+
+    /// `connect` with benchmark knobs.
+    pub async fn connect_with(
+        http: SocketAddr,
+        join: ClientMessage,
+        layers: &[Layer],
+        opts: ClientOptions,
+    ) -> TestClient {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/ws"))
             .await
             .expect("websocket connects");
         let state = Arc::new(Mutex::new(ClientState::default()));
         let (tx, rx) = mpsc::unbounded_channel();
         tx.send(Ctl::Send(join)).unwrap();
-        tokio::spawn(run_client(ws, rx, state.clone(), layers.to_vec()));
+        tokio::spawn(run_client(ws, rx, state.clone(), layers.to_vec(), opts));
         TestClient { state, tx }
     }
 
@@ -245,6 +340,7 @@ async fn run_client(
     mut outgoing: mpsc::UnboundedReceiver<Ctl>,
     state: Arc<Mutex<ClientState>>,
     layers: Vec<Layer>,
+    opts: ClientOptions,
 ) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let local = socket.local_addr().unwrap();
@@ -265,6 +361,8 @@ async fn run_client(
     let mut frame_n: u64 = 0;
     let start = Instant::now();
     let mut next_frame = Instant::now();
+    let mut next_audio = Instant::now();
+    let mut audio_n: u32 = 0;
     let mut timeout;
 
     loop {
@@ -279,6 +377,46 @@ async fn run_client(
                     let _ = socket.send_to(&t.contents, t.destination).await;
                 }
                 Ok(Output::Event(e)) => match e {
+                    Event::MediaData(d) if opts.light || opts.stamp => {
+                        let video = d.params.spec().codec == str0m::format::Codec::Vp8;
+                        let stamp = opts
+                            .stamp
+                            .then(|| {
+                                read_stamp(
+                                    &d.data,
+                                    if video {
+                                        VIDEO_STAMP_AT
+                                    } else {
+                                        AUDIO_STAMP_AT
+                                    },
+                                )
+                            })
+                            .flatten();
+                        let mut s = state.lock().unwrap();
+                        if let Some((_, sent)) = stamp {
+                            let lat = wall_us().saturating_sub(sent).min(u32::MAX as u64) as u32;
+                            s.latencies_us.push((video, lat));
+                        }
+                        if opts.light {
+                            let t = s.tallies.entry(d.mid).or_default();
+                            t.video = video;
+                            t.frames += 1;
+                            t.bytes += d.data.len() as u64;
+                            if let Some((seq, _)) = stamp {
+                                t.first_seq.get_or_insert(seq);
+                                t.last_seq = t.last_seq.max(seq);
+                            }
+                        } else {
+                            s.received.push(Received {
+                                mid: d.mid,
+                                at: Instant::now(),
+                                rtp_time: d.time.numer(),
+                                keyframe: d.is_keyframe(),
+                                width: width_of(&d.data),
+                                len: d.data.len(),
+                            });
+                        }
+                    }
                     Event::MediaData(d) => {
                         state.lock().unwrap().received.push(Received {
                             mid: d.mid,
@@ -303,7 +441,12 @@ async fn run_client(
         }
         let publishing = !layers.is_empty() && video_mid.is_some() && rtc.is_connected();
         let wake = if publishing {
-            timeout.min(next_frame)
+            let w = timeout.min(next_frame);
+            if opts.audio_interval.is_some() {
+                w.min(next_audio)
+            } else {
+                w
+            }
         } else {
             timeout
         };
@@ -315,6 +458,7 @@ async fn run_client(
                     let draw = (lcg >> 33) as f64 / (1u64 << 31) as f64;
                     let drop_it = {
                         let mut s = state.lock().unwrap();
+                        s.datagrams_in += 1;
                         let d = draw < s.incoming_loss;
                         s.dropped += d as u64;
                         d
@@ -388,39 +532,78 @@ async fn run_client(
         let now = Instant::now();
         let _ = rtc.handle_input(Input::Timeout(now));
         if publishing && now >= next_frame {
-            next_frame += Duration::from_millis(33);
+            next_frame += opts.frame_interval;
             frame_n += 1;
             let time =
                 MediaTime::from_90khz(now.duration_since(start).as_micros() as u64 * 90 / 1000);
             if let Some(mid) = video_mid {
                 for (i, l) in layers.iter().enumerate() {
                     let rid = Rid::from(l.rid);
-                    let key = frame_n % 90 == 1 || want_key.remove(&Some(rid)).unwrap_or(false);
+                    let key = frame_n % opts.keyframe_every == 1
+                        || want_key.remove(&Some(rid)).unwrap_or(false);
                     let Some(w) = rtc.writer(mid) else { break };
                     let pt = w
                         .payload_params()
                         .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
                         .map(|p| p.pt());
                     let Some(pt) = pt else { break };
-                    let frame = vp8_frame(key, l.width, frame_len(i), frame_n);
+                    let mut len = opts.layer_bytes.get(i).copied().unwrap_or(frame_len(i));
+                    if key {
+                        len *= opts.keyframe_scale.max(1);
+                    }
+                    let mut frame = vp8_frame(key, l.width, len, frame_n);
+                    if opts.stamp {
+                        write_stamp(&mut frame, VIDEO_STAMP_AT, frame_n as u32);
+                    }
                     let _ = w.rid(rid).write(pt, now, time, frame);
                 }
+                state.lock().unwrap().video_frames_sent += 1;
             }
-            if let Some(mid) = audio_mid {
-                if let Some(w) = rtc.writer(mid) {
-                    let pt = w
-                        .payload_params()
-                        .find(|p| p.spec().codec == str0m::format::Codec::Opus)
-                        .map(|p| p.pt());
-                    if let Some(pt) = pt {
-                        let t = MediaTime::new(
-                            now.duration_since(start).as_millis() as u64 * 48,
-                            str0m::media::Frequency::FORTY_EIGHT_KHZ,
-                        );
-                        let _ = w.write(pt, now, t, vec![0xf8u8, 0xff, 0xfe]);
-                    }
-                }
+            if opts.audio_interval.is_none() {
+                audio_n += 1;
+                write_audio(&mut rtc, audio_mid, &opts, now, start, audio_n, &state);
             }
         }
+        if let (true, Some(every)) = (publishing, opts.audio_interval) {
+            if now >= next_audio {
+                // No catch-up burst after publishing starts or after a stall.
+                next_audio = (next_audio + every).max(now);
+                audio_n += 1;
+                write_audio(&mut rtc, audio_mid, &opts, now, start, audio_n, &state);
+            }
+        }
+    }
+}
+
+fn write_audio(
+    rtc: &mut Rtc,
+    audio_mid: Option<Mid>,
+    opts: &ClientOptions,
+    now: Instant,
+    start: Instant,
+    n: u32,
+    state: &Mutex<ClientState>,
+) {
+    let Some(w) = audio_mid.and_then(|mid| rtc.writer(mid)) else {
+        return;
+    };
+    let pt = w
+        .payload_params()
+        .find(|p| p.spec().codec == str0m::format::Codec::Opus)
+        .map(|p| p.pt());
+    let Some(pt) = pt else { return };
+    let t = MediaTime::new(
+        now.duration_since(start).as_millis() as u64 * 48,
+        str0m::media::Frequency::FORTY_EIGHT_KHZ,
+    );
+    let mut frame = vec![0xf8u8, 0xff, 0xfe];
+    if opts.stamp {
+        frame.resize(opts.audio_bytes.max(AUDIO_STAMP_AT + 12), 0);
+        write_stamp(&mut frame, AUDIO_STAMP_AT, n);
+    } else {
+        frame.resize(opts.audio_bytes.max(3), 0);
+    }
+    if w.write(pt, now, t, frame).is_ok() {
+        state.lock().unwrap().audio_frames_sent += 1;
     }
 }
