@@ -14,6 +14,7 @@
 
 pub mod allocate;
 pub mod keyframe;
+pub mod overflow;
 pub mod rates;
 pub mod select;
 
@@ -23,6 +24,7 @@ pub use allocate::{
     allocate, Allocation, LayerBitrate, LayerChoice, Priority, TrackAllocation, TrackDemand,
 };
 pub use keyframe::{keyframe_needed, KeyframeThrottle};
+pub use overflow::OverflowDetector;
 pub use rates::{LayerRates, MAX_LAYERS};
 pub use select::{FrameDecision, FrameInfo, KeyframeRequest, LayerSelector};
 

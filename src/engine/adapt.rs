@@ -121,8 +121,11 @@ impl Engine {
             });
         }
         let estimate = peer.estimate_bps.unwrap_or(self.initial_estimate_bps);
-        // Under severe loss, what got through bounds the estimate at once (see loss_capacity).
-        let estimate = peer.loss_cap_bps.map_or(estimate, |cap| estimate.min(cap));
+        // While the link overflows, what got through bounds the estimate at once.
+        let estimate = peer
+            .overflow
+            .cap_bps()
+            .map_or(estimate, |cap| estimate.min(cap));
         // A pinned layer (`set_max_layer` other than `auto`) bypasses adaptation, like the baseline.
         let adaptive = self.adaptation && peer.max_layer == LayerChoice::Auto;
         let allocation = adaptive.then(|| allocate(estimate, &demands, &self.tuning));

@@ -579,11 +579,11 @@ impl Engine {
                     if let Some(peer) = conn.peer.as_mut() {
                         peer.loss = stats.egress_loss_fraction;
                         peer.rtt = stats.rtt;
-                        peer.loss_cap_bps = crate::media::peer::loss_capacity(
-                            stats.peer_bytes_tx.saturating_sub(conn.latest.bytes_tx),
+                        peer.overflow.on_stats(
                             stats.timestamp,
-                            &mut peer.last_stats_at,
+                            stats.peer_bytes_tx,
                             stats.egress_loss_fraction,
+                            stats.rtt,
                         );
                     }
                     conn.latest = PeerTotals {

@@ -105,11 +105,8 @@ pub struct Peer {
     pub max_layer: LayerChoice,
     /// Latest send-side estimate towards this peer, bits per second.
     pub estimate_bps: Option<u64>,
-    /// What the link carried during a last stats interval of severe loss, bits per second: the
-    /// allocation never exceeds it while that loss lasts (see [`loss_capacity`]).
-    pub loss_cap_bps: Option<u64>,
-    /// When the previous peer stats arrived.
-    pub last_stats_at: Option<Instant>,
+    /// Bounds the allocation by what got through while the link overflows (a collapse).
+    pub overflow: crate::bwe::OverflowDetector,
     /// Latest loss fraction (0..1) and RTT towards this peer, from str0m's peer stats.
     pub loss: Option<f32>,
     pub rtt: Option<std::time::Duration>,
@@ -137,8 +134,7 @@ impl Peer {
             next_timeout: now,
             max_layer: LayerChoice::Auto,
             estimate_bps: None,
-            loss_cap_bps: None,
-            last_stats_at: None,
+            overflow: Default::default(),
             loss: None,
             rtt: None,
             red: false,
@@ -297,53 +293,5 @@ impl Peer {
         self.subscribed.iter().any(|s| {
             s.key == key && !matches!(s.state, OutState::ToStop(_) | OutState::NegotiatingStop(_))
         })
-    }
-}
-
-/// Loss above which a stats interval is taken as the link overflowing, not as noise.
-pub const SEVERE_LOSS: f32 = 0.2;
-
-/// When a link collapses under a full queue, most of what is sent is dropped at once, long
-/// before a delay-based estimate has fallen. What got through is then the best measure of the
-/// link: `sent × (1 − loss)` over the last stats interval. Below [`SEVERE_LOSS`] (random loss
-/// on a healthy link, bursty radio loss) this returns `None` and the estimator alone decides.
-pub fn loss_capacity(
-    sent_bytes: u64,
-    at: Instant,
-    last_at: &mut Option<Instant>,
-    loss: Option<f32>,
-) -> Option<u64> {
-    let previous = last_at.replace(at)?;
-    let secs = at.saturating_duration_since(previous).as_secs_f64();
-    let loss = loss.filter(|l| *l > SEVERE_LOSS)?;
-    if secs < 0.2 {
-        return None;
-    }
-    let sent_bps = sent_bytes as f64 * 8.0 / secs;
-    Some((sent_bps * f64::from(1.0 - loss)) as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn severe_loss_caps_at_what_got_through() {
-        let t0 = Instant::now();
-        let mut last = None;
-        // The first report only starts the interval.
-        assert_eq!(loss_capacity(0, t0, &mut last, Some(0.5)), None);
-        // 1.3 Mbit/s sent into a 300 kbit/s link: 77 % lost, 300 kbit/s got through.
-        let t1 = t0 + Duration::from_secs(1);
-        let cap = loss_capacity(162_500, t1, &mut last, Some(0.77)).unwrap();
-        assert!((290_000..=310_000).contains(&cap), "{cap}");
-        // Ordinary random loss leaves the estimator in charge.
-        let t2 = t1 + Duration::from_secs(1);
-        assert_eq!(loss_capacity(162_500, t2, &mut last, Some(0.05)), None);
-        assert_eq!(
-            loss_capacity(162_500, t2 + Duration::from_secs(1), &mut last, None),
-            None
-        );
     }
 }
