@@ -118,12 +118,16 @@ async fn layer_switch_changes_width_on_a_keyframe_with_continuous_timestamps() {
         (s.received.iter().filter(|r| r.mid == mid).count() >= settled).then_some(())
     })
     .await;
-    // Across all switches the rewritten RTP time only moves forward, by about one frame.
+    // Across all switches the rewritten RTP time moves forward by about one frame: a layer's
+    // own timestamp base never leaks through. (A step back of a few ticks is allowed: an
+    // up-switch through the middle layer forwards keyframes of one capture instant at +1, +2,
+    // and on a loaded host the receiving str0m may hand over a frame completed by a late
+    // retransmission after its successor.)
     let frames = a.frames_on(mid);
     for w in frames.windows(2) {
         let step = w[1].rtp_time as i64 - w[0].rtp_time as i64;
         assert!(
-            (1..=90_000).contains(&step),
+            (-10..=90_000).contains(&step) && step != 0,
             "RTP time step {step} between consecutive frames"
         );
     }
