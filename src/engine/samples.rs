@@ -39,23 +39,13 @@ impl Engine {
             });
             self.metrics
                 .received_quality_seconds
-                .with_label_values(&[quality_label(quality)])
+                .with_label_values(&[quality.as_str()])
                 .inc();
             conn.sampled = conn.latest;
         }
         for s in samples {
             self.usage(s);
         }
-    }
-}
-
-fn quality_label(q: QualityLevel) -> &'static str {
-    match q {
-        QualityLevel::Top => "top",
-        QualityLevel::Middle => "middle",
-        QualityLevel::Low => "low",
-        QualityLevel::AudioOnly => "audio_only",
-        QualityLevel::Paused => "paused",
     }
 }
 

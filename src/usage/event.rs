@@ -18,6 +18,19 @@ pub enum QualityLevel {
     Paused,
 }
 
+impl QualityLevel {
+    /// The snake_case name, as in JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QualityLevel::Top => "top",
+            QualityLevel::Middle => "middle",
+            QualityLevel::Low => "low",
+            QualityLevel::AudioOnly => "audio_only",
+            QualityLevel::Paused => "paused",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum UsageEvent {
     LessonStarted {

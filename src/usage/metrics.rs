@@ -5,7 +5,7 @@
 
 use prometheus::{CounterVec, IntCounterVec, Opts, Registry};
 
-use super::event::{QualityLevel, UsageEvent};
+use super::event::UsageEvent;
 use super::recorder::Outcome;
 use crate::directory::SharedDirectory;
 
@@ -117,7 +117,7 @@ impl UsageMetrics {
                     .with_label_values(&[&c, &s])
                     .inc_by(secs);
                 self.quality_seconds
-                    .with_label_values(&[&c, &s, level_label(quality)])
+                    .with_label_values(&[&c, &s, quality.as_str()])
                     .inc_by(secs);
                 self.bytes
                     .with_label_values(&[&c, &s, "in"])
@@ -131,20 +131,11 @@ impl UsageMetrics {
     }
 }
 
-pub fn level_label(q: QualityLevel) -> &'static str {
-    match q {
-        QualityLevel::Top => "top",
-        QualityLevel::Middle => "middle",
-        QualityLevel::Low => "low",
-        QualityLevel::AudioOnly => "audio_only",
-        QualityLevel::Paused => "paused",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::directory::Directory;
+    use crate::usage::event::QualityLevel;
     use crate::usage::recorder::{Recorder, RecorderConfig};
 
     #[test]
