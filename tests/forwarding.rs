@@ -2,6 +2,7 @@
 //! switches with continuous timestamps, call on / send back, departed tracks.
 
 mod common;
+mod e2e_support;
 
 use std::time::Duration;
 
@@ -314,5 +315,102 @@ async fn garbage_on_the_media_port_changes_nothing() {
     assert!(
         srv.engine.snapshot().await.is_some(),
         "engine still answers"
+    );
+}
+
+/// Audio cannot wait a village round trip for a retransmission: the server sends it
+/// RED-wrapped (RFC 2198) to every subscriber that negotiated RED, so a lost packet is rebuilt
+/// from the next one. Checks RED on the wire (payload type) for a RED-capable subscriber, plain
+/// Opus for one without, and whole audio at the RED subscriber under 8 % loss. (Loopback has no
+/// round trip to speak of, so the gain over NACK shows in the weak-link tests, not here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_goes_out_red_wrapped_where_negotiated() {
+    let srv = server::start(ServerConfig::ephemeral()).await.unwrap();
+    let demo = srv.demo.clone().unwrap();
+    let _teacher = TestClient::connect(
+        srv.http_addr,
+        ClientMessage::Join {
+            token: Some(srv.teacher_token("c-central-1")),
+            code: None,
+        },
+        &TEACHER_LAYERS,
+    )
+    .await;
+    let join = |i: usize| ClientMessage::Join {
+        token: None,
+        code: Some(demo.classrooms[i].code.clone()),
+    };
+    let with_red = common::ClientOptions {
+        red: true,
+        ..Default::default()
+    };
+    let reference = TestClient::connect_with(srv.http_addr, join(0), &[], with_red.clone()).await;
+    let lossy = TestClient::connect_with(srv.http_addr, join(1), &[], with_red).await;
+    // Counts payload types too (raw packets on), but negotiates plain Opus only.
+    let plain = TestClient::connect_with(
+        srv.http_addr,
+        join(2),
+        &[],
+        common::ClientOptions {
+            raw_packets: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let audio_frames = |c: &TestClient| {
+        let s = c.state.lock().unwrap();
+        let Some(mid) = s
+            .tracks
+            .values()
+            .find(|t| t.from_teacher && t.kind == MediaKind::Audio)
+        else {
+            return 0;
+        };
+        s.received
+            .iter()
+            .filter(|r| r.mid.to_string() == mid.mid)
+            .count()
+    };
+    for c in [&reference, &lossy, &plain] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while audio_frames(c) < 30 {
+            assert!(std::time::Instant::now() < deadline, "no teacher audio");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    lossy.set_incoming_loss(0.08);
+    let before = [audio_frames(&reference), audio_frames(&lossy)];
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let got_ref = (audio_frames(&reference) - before[0]) as f64;
+    let got_lossy = (audio_frames(&lossy) - before[1]) as f64;
+    assert!(
+        got_ref > 80.0,
+        "reference got {got_ref} audio frames in 4 s"
+    );
+    assert!(
+        got_lossy >= 0.97 * got_ref,
+        "RED-wrapped audio must decode and repair: {got_lossy} of {got_ref} frames under 8 % loss"
+    );
+    let red_packets = |c: &TestClient| c.state.lock().unwrap().red_packets;
+    let types = |c: &TestClient| c.state.lock().unwrap().rx_payload_types.clone();
+    assert!(
+        red_packets(&reference) > 50,
+        "no RED on the wire: {:?}",
+        types(&reference)
+    );
+    assert!(
+        red_packets(&lossy) > 50,
+        "no RED on the wire: {:?}",
+        types(&lossy)
+    );
+    assert_eq!(
+        red_packets(&plain),
+        0,
+        "RED sent to a client without it: {:?}",
+        types(&plain)
+    );
+    assert!(
+        !types(&plain).is_empty(),
+        "the plain client saw no RTP at all"
     );
 }

@@ -1,6 +1,6 @@
 //! Bandwidth adaptation, applied: per subscriber, str0m's estimate goes through the allocator
 //! (`bwe::allocate`) into each received video's layer selector; publishers are told which
-//! simulcast layers anyone watches (dynacast); audio gets RED when the link loses packets; pages
+//! simulcast layers anyone watches (dynacast); audio goes out with RED redundancy; pages
 //! are told what they receive and the teacher how each classroom's link looks.
 
 use std::time::Instant;
@@ -18,9 +18,6 @@ use super::Engine;
 
 /// Opus as browsers send it, before the first measurement.
 const AUDIO_DEFAULT_BPS: u64 = 40_000;
-/// RED on above this loss towards the subscriber, off again below the lower mark.
-const RED_ON_LOSS: f32 = 0.02;
-const RED_OFF_LOSS: f32 = 0.005;
 
 /// The traffic light for a classroom's link.
 pub(crate) fn link_level(estimate_bps: u64, loss: f32, rtt_ms: u32) -> LinkLevel {
@@ -108,8 +105,9 @@ impl Engine {
             }
             let thumbnail = is_teacher && !is_called_on;
             let redundancy = match sub.kind {
-                MediaKind::Audio if peer.red => 1.0,
-                MediaKind::Audio => 0.0,
+                // Audio goes out RED-wrapped (one level: twice the payload) wherever the client
+                // negotiated RED, as browsers do; counted for every client to stay on the safe side.
+                MediaKind::Audio => 1.0,
                 MediaKind::Video => f64::from(peer.loss.unwrap_or(0.0)).min(0.5),
             };
             demands.push(TrackDemand {
@@ -205,7 +203,6 @@ impl Engine {
     /// Once a second: dynacast, RED, and quality reports.
     pub(crate) fn report_tick(&mut self) {
         self.dynacast();
-        self.toggle_red();
         self.send_quality();
         self.send_link_quality();
     }
@@ -257,39 +254,6 @@ impl Engine {
                     active: rids,
                 },
             );
-        }
-    }
-
-    /// RED doubles audio to rescue it from loss; only where the link loses packets.
-    fn toggle_red(&mut self) {
-        let mut touched = Vec::new();
-        for (id, conn) in self.conns.iter_mut() {
-            let Some(peer) = conn.peer.as_mut() else {
-                continue;
-            };
-            let loss = peer.loss.unwrap_or(0.0);
-            let want = if peer.red {
-                loss > RED_OFF_LOSS
-            } else {
-                loss > RED_ON_LOSS
-            };
-            if want == peer.red {
-                continue;
-            }
-            peer.red = want;
-            let mids: Vec<_> = peer
-                .subscribed
-                .iter()
-                .filter(|s| s.kind == MediaKind::Audio)
-                .filter_map(|s| s.state.mid())
-                .collect();
-            for mid in mids {
-                peer.rtc.direct_api().set_red_send(mid, want);
-            }
-            touched.push(*id);
-        }
-        for id in touched {
-            self.mark_dirty(id);
         }
     }
 

@@ -110,8 +110,6 @@ pub struct Peer {
     /// Latest loss fraction (0..1) and RTT towards this peer, from str0m's peer stats.
     pub loss: Option<f32>,
     pub rtt: Option<std::time::Duration>,
-    /// Whether audio to this peer is wrapped in RED now.
-    pub red: bool,
     /// The desired bitrate last given to str0m's estimator (it probes up to it).
     pub bwe_desired: Option<u64>,
     /// The last `quality` report sent to the client.
@@ -137,7 +135,6 @@ impl Peer {
             overflow: Default::default(),
             loss: None,
             rtt: None,
-            red: false,
             bwe_desired: None,
             last_quality: Vec::new(),
             ice_lost_since: None,

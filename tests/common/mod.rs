@@ -65,6 +65,8 @@ pub struct Received {
     /// Width announced by the keyframe header, if this is a keyframe.
     pub width: Option<u16>,
     pub len: usize,
+    /// The payload type the frame arrived with (RED and plain Opus have their own).
+    pub pt: u8,
 }
 
 #[derive(Default)]
@@ -79,6 +81,10 @@ pub struct ClientState {
     pub incoming_loss: f64,
     /// Datagrams dropped so far.
     pub dropped: u64,
+    /// RTP packets received with the RED payload type (counted with `ClientOptions::red`).
+    pub red_packets: u64,
+    /// RTP packets received per payload type (with `ClientOptions::red` or `raw_packets`).
+    pub rx_payload_types: std::collections::BTreeMap<u8, u64>,
     /// Datagrams received from the server (before `incoming_loss`).
     pub datagrams_in: u64,
     /// Per receiving mid, for light clients (`ClientOptions::light`).
@@ -123,6 +129,10 @@ pub struct ClientOptions {
     pub stamp: bool,
     /// Subscriber: keep per-mid tallies instead of a `Received` per frame.
     pub light: bool,
+    /// Negotiate RED (RFC 2198) for audio, as browsers do (also counts payload types).
+    pub red: bool,
+    /// Count received RTP payload types (`ClientState::rx_payload_types`).
+    pub raw_packets: bool,
 }
 
 impl Default for ClientOptions {
@@ -136,6 +146,8 @@ impl Default for ClientOptions {
             audio_interval: None,
             stamp: false,
             light: false,
+            red: false,
+            raw_packets: false,
         }
     }
 }
@@ -346,9 +358,12 @@ async fn run_client(
     let local = socket.local_addr().unwrap();
     let mut rtc = Rtc::builder()
         .clear_codecs()
-        .enable_opus(true, false)
+        .enable_opus(true, opts.red)
         .enable_vp8(true)
+        .enable_raw_packets(opts.red || opts.raw_packets)
         .build(Instant::now());
+    // RED is folded onto the Opus parameters as their own payload type.
+    let red_pt = rtc.codec_config().params().iter().find_map(|p| p.red());
     rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
 
     let mut audio_mid = None;
@@ -414,6 +429,7 @@ async fn run_client(
                                 keyframe: d.is_keyframe(),
                                 width: width_of(&d.data),
                                 len: d.data.len(),
+                                pt: *d.pt,
                             });
                         }
                     }
@@ -425,7 +441,17 @@ async fn run_client(
                             keyframe: d.is_keyframe(),
                             width: width_of(&d.data),
                             len: d.data.len(),
+                            pt: *d.pt,
                         });
+                    }
+                    Event::RawPacket(raw) => {
+                        if let str0m::rtp::RawPacket::RtpRx(header, _) = *raw {
+                            let mut s = state.lock().unwrap();
+                            *s.rx_payload_types.entry(*header.payload_type).or_default() += 1;
+                            if Some(header.payload_type) == red_pt {
+                                s.red_packets += 1;
+                            }
+                        }
                     }
                     Event::KeyframeRequest(r) => {
                         state.lock().unwrap().keyframe_requests += 1;

@@ -356,6 +356,7 @@ async fn run_one(
         audio_interval: Some(Duration::from_millis(20)),
         stamp: true,
         light: true,
+        ..Default::default()
     };
     let teacher = TestClient::connect_with(
         srv.http,
