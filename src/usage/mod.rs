@@ -9,7 +9,6 @@
 pub mod cli;
 pub mod csv;
 pub mod event;
-pub mod meter;
 pub mod metrics;
 pub mod recorder;
 pub mod service;
