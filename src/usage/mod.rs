@@ -3,7 +3,6 @@
 //! - [`recorder`]: pure session logic (events and time in, rows out);
 //! - [`service`]: the task that runs it, checkpoints to the store and recovers after a crash;
 //! - [`metrics`]: per-classroom Prometheus counters;
-//! - [`meter`]: the per-connection byte counter the forwarding path increments;
 //! - [`cli`]: `usage export`, admin token minting, directory import.
 
 pub mod cli;
