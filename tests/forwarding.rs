@@ -19,32 +19,21 @@ async fn lesson() -> (server::RunningServer, TestClient, TestClient, TestClient)
     let srv = server::start(ServerConfig::ephemeral())
         .await
         .expect("server starts");
-    let demo = srv.demo.clone().expect("demo lesson");
-    let host = "c-central-1";
     let teacher = TestClient::connect(
         srv.http_addr,
-        ClientMessage::Join {
-            token: Some(srv.teacher_token(host)),
-            code: None,
-        },
+        common::join_as_teacher(&srv),
         &TEACHER_LAYERS,
     )
     .await;
     let a = TestClient::connect(
         srv.http_addr,
-        ClientMessage::Join {
-            token: None,
-            code: Some(demo.classrooms[0].code.clone()),
-        },
+        common::join_by_code(&srv, 0),
         &CLASSROOM_LAYERS,
     )
     .await;
     let b = TestClient::connect(
         srv.http_addr,
-        ClientMessage::Join {
-            token: None,
-            code: Some(demo.classrooms[1].code.clone()),
-        },
+        common::join_by_code(&srv, 1),
         &CLASSROOM_LAYERS,
     )
     .await;
@@ -337,20 +326,13 @@ async fn garbage_on_the_media_port_changes_nothing() {
 async fn audio_goes_out_red_wrapped_where_negotiated() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let srv = server::start(ServerConfig::ephemeral()).await.unwrap();
-    let demo = srv.demo.clone().unwrap();
     let _teacher = TestClient::connect(
         srv.http_addr,
-        ClientMessage::Join {
-            token: Some(srv.teacher_token("c-central-1")),
-            code: None,
-        },
+        common::join_as_teacher(&srv),
         &TEACHER_LAYERS,
     )
     .await;
-    let join = |i: usize| ClientMessage::Join {
-        token: None,
-        code: Some(demo.classrooms[i].code.clone()),
-    };
+    let join = |i: usize| common::join_by_code(&srv, i);
     let with_red = common::ClientOptions {
         red: true,
         ..Default::default()

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::{TestClient, CLASSROOM_LAYERS, TEACHER_LAYERS};
 use tongbu::server::{self, ServerConfig};
-use tongbu::signal::message::ClientMessage;
 
 fn value(text: &str, series: &str) -> f64 {
     text.lines()
@@ -23,19 +22,13 @@ async fn metrics_follow_conventions_and_move_with_the_lesson() {
     let demo = srv.demo.clone().unwrap();
     let teacher = TestClient::connect(
         srv.http_addr,
-        ClientMessage::Join {
-            token: Some(srv.teacher_token("c-central-1")),
-            code: None,
-        },
+        common::join_as_teacher(&srv),
         &TEACHER_LAYERS,
     )
     .await;
     let a = TestClient::connect(
         srv.http_addr,
-        ClientMessage::Join {
-            token: None,
-            code: Some(demo.classrooms[0].code.clone()),
-        },
+        common::join_by_code(&srv, 0),
         &CLASSROOM_LAYERS,
     )
     .await;

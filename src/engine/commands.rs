@@ -14,8 +14,8 @@ use crate::signal::message::{
 use crate::signal::ConnId;
 use crate::usage::event::UsageEvent;
 
+use super::StartedLesson;
 use super::{host_candidates, Command, Conn, Engine, EngineSnapshot, Joined, Outbound, PeerTotals};
-use super::{StartedLesson, OUTBOX_CAPACITY};
 
 type Refusal = (ErrorCode, String);
 
@@ -31,7 +31,6 @@ impl Engine {
     pub(crate) fn handle_command(&mut self, cmd: Command, now: Instant) {
         match cmd {
             Command::Open { conn, addr, outbox } => {
-                debug_assert!(outbox.max_capacity() <= OUTBOX_CAPACITY);
                 self.conns.insert(
                     conn,
                     Conn {
@@ -41,6 +40,7 @@ impl Engine {
                         peer: None,
                         sampled: PeerTotals::default(),
                         latest: PeerTotals::default(),
+                        dirty: false,
                     },
                 );
             }
@@ -674,12 +674,8 @@ fn no_lesson() -> Refusal {
 fn lesson_refusal(e: LessonError) -> Refusal {
     let code = match e {
         LessonError::AlreadyLive => ErrorCode::LessonActive,
-        LessonError::UnknownClassroom(_) | LessonError::NotConnected(_) => {
-            ErrorCode::UnknownClassroom
-        }
+        LessonError::UnknownClassroom(_) => ErrorCode::UnknownClassroom,
         LessonError::BadInviteCount => ErrorCode::BadMessage,
-        LessonError::NoLesson => ErrorCode::NoLesson,
-        LessonError::NotInvited(_) => ErrorCode::Forbidden,
         LessonError::BadCode => ErrorCode::BadCode,
         LessonError::TooManyAttempts => ErrorCode::RateLimited,
     };

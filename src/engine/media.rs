@@ -15,7 +15,7 @@ use crate::media::peer::{Published, TrackKey};
 use crate::signal::message::MediaKind;
 use crate::signal::ConnId;
 
-use super::{Conn, Engine};
+use super::{mark_dirty_in, Conn, Engine};
 
 /// Orders simulcast rids lowest first: our pages and most clients use q/h/f.
 fn rid_rank(rid: &Rid) -> usize {
@@ -231,18 +231,14 @@ impl Engine {
             {
                 metrics.frames_out.inc();
                 metrics.bytes_out.inc_by(data.data.len() as u64);
-                if !dirty.contains(&sub_id) {
-                    dirty.push(sub_id);
-                }
+                mark_dirty_in(conns, dirty, sub_id);
             }
         }
 
         for layer in 0..MAX_LAYERS as u8 {
             if wanted_keyframes & (1 << layer) != 0 {
                 request_keyframe(conns, publisher, data.mid, layer, metrics);
-                if !dirty.contains(&publisher) {
-                    dirty.push(publisher);
-                }
+                mark_dirty_in(conns, dirty, publisher);
             }
         }
     }

@@ -181,6 +181,8 @@ pub(crate) struct Conn {
     /// Usage counters at the last sample.
     pub sampled: PeerTotals,
     pub latest: PeerTotals,
+    /// Queued in `Engine::dirty` for draining.
+    pub dirty: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -189,8 +191,6 @@ pub(crate) struct PeerTotals {
     pub keyframe_requests: u32,
     pub bytes_rx: u64,
     pub bytes_tx: u64,
-    pub loss: Option<f32>,
-    pub rtt_ms: Option<f32>,
 }
 
 pub(crate) struct Engine {
@@ -435,15 +435,16 @@ impl Engine {
     }
 
     pub(crate) fn mark_dirty(&mut self, id: ConnId) {
-        if !self.dirty.contains(&id) {
-            self.dirty.push(id);
-        }
+        mark_dirty_in(&mut self.conns, &mut self.dirty, id);
     }
 
     /// Drains dirty peers and handles their events until nothing is left to do.
     fn settle(&mut self, now: Instant) {
         loop {
             while let Some(id) = self.dirty.pop() {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.dirty = false;
+                }
                 self.drain(id, now);
             }
             if let Some((id, event)) = self.events.pop_front() {
@@ -454,9 +455,7 @@ impl Engine {
                 self.apply_routes(&lesson_id, now);
                 continue;
             }
-            if self.dirty.is_empty() {
-                break;
-            }
+            break;
         }
         self.reap_dead_peers();
     }
@@ -589,8 +588,6 @@ impl Engine {
                     conn.latest = PeerTotals {
                         bytes_rx: stats.peer_bytes_rx,
                         bytes_tx: stats.peer_bytes_tx,
-                        loss: stats.egress_loss_fraction,
-                        rtt_ms: stats.rtt.map(|d| d.as_secs_f32() * 1000.0),
                         ..conn.latest
                     };
                 }
@@ -614,6 +611,21 @@ impl Engine {
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// Queues a connection's `Rtc` for draining once, however often it is touched (a flag, not a
+/// search: the forwarding path marks every subscriber of every frame).
+pub(crate) fn mark_dirty_in(
+    conns: &mut HashMap<ConnId, Conn>,
+    dirty: &mut Vec<ConnId>,
+    id: ConnId,
+) {
+    if let Some(c) = conns.get_mut(&id) {
+        if !c.dirty {
+            c.dirty = true;
+            dirty.push(id);
         }
     }
 }

@@ -30,8 +30,12 @@ impl Engine {
                 bytes_in: conn.latest.bytes_rx.saturating_sub(conn.sampled.bytes_rx),
                 bytes_out: conn.latest.bytes_tx.saturating_sub(conn.sampled.bytes_tx),
                 quality,
-                loss: conn.latest.loss,
-                rtt_ms: conn.latest.rtt_ms,
+                loss: conn.peer.as_ref().and_then(|p| p.loss),
+                rtt_ms: conn
+                    .peer
+                    .as_ref()
+                    .and_then(|p| p.rtt)
+                    .map(|d| d.as_secs_f32() * 1000.0),
                 freezes: conn
                     .latest
                     .keyframe_requests

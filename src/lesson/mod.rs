@@ -31,16 +31,10 @@ pub enum LessonError {
     UnknownClassroom(String),
     #[error("a lesson must invite between 1 and {MAX_INVITED} classrooms")]
     BadInviteCount,
-    #[error("the lesson does not exist or has ended")]
-    NoLesson,
-    #[error("classroom {0} is not invited to this lesson")]
-    NotInvited(String),
     #[error("join code unknown or expired")]
     BadCode,
     #[error("too many wrong codes; wait a minute")]
     TooManyAttempts,
-    #[error("classroom {0} is not connected")]
-    NotConnected(String),
 }
 
 #[derive(Debug)]

@@ -69,6 +69,37 @@ pub struct Received {
     pub pt: u8,
 }
 
+/// `join` for the demo lesson's teacher (host classroom `c-central-1`).
+pub fn join_as_teacher(srv: &tongbu::server::RunningServer) -> ClientMessage {
+    ClientMessage::Join {
+        token: Some(srv.teacher_token("c-central-1")),
+        code: None,
+    }
+}
+
+/// `join` with the code of the demo lesson's `i`-th invited classroom.
+pub fn join_by_code(srv: &tongbu::server::RunningServer, i: usize) -> ClientMessage {
+    let demo = srv.demo.as_ref().expect("demo lesson");
+    ClientMessage::Join {
+        token: None,
+        code: Some(demo.classrooms[i].code.clone()),
+    }
+}
+
+impl Received {
+    fn of(d: &str0m::media::MediaData) -> Received {
+        Received {
+            mid: d.mid,
+            at: Instant::now(),
+            rtp_time: d.time.numer(),
+            keyframe: d.is_keyframe(),
+            width: width_of(&d.data),
+            len: d.data.len(),
+            pt: *d.pt,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct ClientState {
     pub messages: Vec<ServerMessage>,
@@ -422,27 +453,11 @@ async fn run_client(
                                 t.last_seq = t.last_seq.max(seq);
                             }
                         } else {
-                            s.received.push(Received {
-                                mid: d.mid,
-                                at: Instant::now(),
-                                rtp_time: d.time.numer(),
-                                keyframe: d.is_keyframe(),
-                                width: width_of(&d.data),
-                                len: d.data.len(),
-                                pt: *d.pt,
-                            });
+                            s.received.push(Received::of(&d));
                         }
                     }
                     Event::MediaData(d) => {
-                        state.lock().unwrap().received.push(Received {
-                            mid: d.mid,
-                            at: Instant::now(),
-                            rtp_time: d.time.numer(),
-                            keyframe: d.is_keyframe(),
-                            width: width_of(&d.data),
-                            len: d.data.len(),
-                            pt: *d.pt,
-                        });
+                        state.lock().unwrap().received.push(Received::of(&d));
                     }
                     Event::RawPacket(raw) => {
                         if let str0m::rtp::RawPacket::RtpRx(header, _) = *raw {
