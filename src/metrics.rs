@@ -10,7 +10,8 @@ pub struct Metrics {
     pub classrooms_connected: IntGauge,
     pub peers: IntGauge,
     pub frames_in: IntCounter,
-    pub frames_out: IntCounter,
+    pub packets_out: IntCounter,
+    pub malformed_rtp: IntCounter,
     pub bytes_out: IntCounter,
     pub keyframe_requests: IntCounter,
     pub calls_on: IntCounter,
@@ -96,9 +97,13 @@ impl Metrics {
                 "tongbu_media_frames_received_total",
                 "Media frames received from publishers",
             ),
-            frames_out: counter(
-                "tongbu_media_frames_forwarded_total",
-                "Media frames forwarded to subscribers",
+            packets_out: counter(
+                "tongbu_media_packets_forwarded_total",
+                "RTP packets forwarded to subscribers",
+            ),
+            malformed_rtp: counter(
+                "tongbu_malformed_rtp_total",
+                "RTP packets from publishers dropped as malformed (bad VP8 descriptor or RED)",
             ),
             bytes_out: counter(
                 "tongbu_media_forwarded_bytes_total",

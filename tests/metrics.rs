@@ -44,7 +44,7 @@ async fn metrics_follow_conventions_and_move_with_the_lesson() {
     let text = r.text();
     assert_eq!(value(&text, "tongbu_lessons_live"), 1.0, "{text}");
     assert_eq!(value(&text, "tongbu_classrooms_connected"), 1.0);
-    assert!(value(&text, "tongbu_media_frames_forwarded_total") > 30.0);
+    assert!(value(&text, "tongbu_media_packets_forwarded_total") > 30.0);
     assert!(value(&text, "tongbu_egress_estimate_bps_count") > 0.0);
     assert!(value(&text, "tongbu_received_quality_seconds_total") >= 1.0);
     assert!(

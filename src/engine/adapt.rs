@@ -1,6 +1,6 @@
 //! Bandwidth adaptation, applied: per subscriber, str0m's estimate goes through the allocator
 //! (`bwe::allocate`) into each received video's layer selector; publishers are told which
-//! simulcast layers anyone watches (dynacast); audio goes out with RED redundancy; pages
+//! simulcast layers anyone watches (dynacast); audio redundancy is costed by loss; pages
 //! are told what they receive and the teacher how each classroom's link looks.
 
 use std::time::Instant;
@@ -105,9 +105,12 @@ impl Engine {
             }
             let thumbnail = is_teacher && !is_called_on;
             let redundancy = match sub.kind {
-                // Audio goes out RED-wrapped (one level: twice the payload) wherever the client
-                // negotiated RED, as browsers do; counted for every client to stay on the safe side.
-                MediaKind::Audio => 1.0,
+                // Audio goes out RED-wrapped wherever the client negotiated RED, one to three
+                // levels deep by loss (`media::red`), each level one more payload; counted for
+                // every client to stay on the safe side.
+                MediaKind::Audio => {
+                    crate::media::red::distances(peer.loss.unwrap_or(0.0)).len() as f64
+                }
                 MediaKind::Video => f64::from(peer.loss.unwrap_or(0.0)).min(0.5),
             };
             demands.push(TrackDemand {

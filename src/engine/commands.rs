@@ -556,9 +556,14 @@ impl Engine {
         let peer = conn.peer.get_or_insert_with(|| {
             let mut rtc = Rtc::builder()
                 .set_ice_lite(true)
+                // Packets are forwarded as they come, not reassembled into frames: no wait for
+                // a whole frame, payloads shared across subscribers, and the VP8 temporal-layer
+                // fields reach the browsers, whose decoders then skip a lost non-reference frame.
+                .set_rtp_mode(true)
                 .clear_codecs()
                 // RED (RFC 2198) is negotiated so every lost audio packet can be rebuilt from the
-                // next one without a round trip: village links lose packets in bursts.
+                // next ones without a round trip: village links lose packets in bursts
+                // (`media::red` builds it per subscriber).
                 .enable_opus(true, true)
                 .enable_vp8(true)
                 .enable_bwe(bwe)

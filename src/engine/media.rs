@@ -1,17 +1,23 @@
-//! The forwarding path: published tracks appear, frames fan out to subscribers, keyframe
-//! requests go back to publishers. Runs per frame: no locks, no logging, and no allocation beyond
-//! what str0m itself needs.
+//! The forwarding path: published tracks appear, RTP packets fan out to subscribers, keyframe
+//! requests go back to publishers. Runs per packet: no locks, no logging; a payload is shared
+//! by every subscriber (str0m patches VP8 picture ids as it sends), only RED audio is built per
+//! subscriber.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
-use str0m::media::{
-    Direction, KeyframeRequest, KeyframeRequestKind, MediaAdded, MediaData, Mid, Rid,
-};
-use str0m::media::{MediaChanged, MediaKind as StrMediaKind, MediaTime};
+use str0m::format::Codec;
+use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaAdded, Mid, Pt, Rid};
+use str0m::media::{MediaChanged, MediaKind as StrMediaKind};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::Rtc;
 
 use crate::bwe::{FrameInfo, LayerRates, MAX_LAYERS};
-use crate::media::peer::{Published, TrackKey};
+use crate::media::frames::Seen;
+use crate::media::peer::{OutPts, OutState, Peer, Published, TrackKey};
+use crate::media::red;
+use crate::media::vp8::Vp8Packet;
 use crate::signal::message::MediaKind;
 use crate::signal::ConnId;
 
@@ -24,14 +30,6 @@ fn rid_rank(rid: &Rid) -> usize {
         "h" | "m" | "mid" => 1,
         "f" | "hi" | "high" => 2,
         _ => 3,
-    }
-}
-
-/// Temporal layer, layer-sync bit and keyframe flag of a frame, from its codec details.
-fn frame_details(data: &MediaData) -> (Option<u8>, bool) {
-    match data.codec_extra {
-        str0m::format::CodecExtra::Vp8(vp8) => (Some(vp8.layer_index), vp8.sync),
-        _ => (None, false),
     }
 }
 
@@ -77,6 +75,7 @@ impl Engine {
             active: vec![true; layers.len()],
             layers,
             rates: LayerRates::new(&self.tuning),
+            audio: Default::default(),
         });
         if let Some(lesson_id) = lesson_id {
             self.schedule_reroute(&lesson_id);
@@ -117,8 +116,10 @@ impl Engine {
         }
     }
 
-    /// Fans one received frame out to every subscriber of its track.
-    pub(crate) fn forward_media(&mut self, publisher: ConnId, data: MediaData, now: Instant) {
+    /// Fans one received RTP packet out to every subscriber of its track, rewritten into each
+    /// subscriber's own continuous stream. Video goes by whole frames through each subscriber's
+    /// layer selector; audio gets RED redundancy as deep as the subscriber's loss needs.
+    pub(crate) fn forward_rtp(&mut self, publisher: ConnId, packet: RtpPacket, now: Instant) {
         let Engine {
             conns,
             registry,
@@ -127,26 +128,7 @@ impl Engine {
             metrics,
             ..
         } = self;
-        let (temporal, layer_sync) = frame_details(&data);
-        let keyframe = data.is_keyframe();
         let Some(pub_conn) = conns.get_mut(&publisher) else {
-            return;
-        };
-        let publisher_rtt = pub_conn
-            .peer
-            .as_ref()
-            .and_then(|p| p.rtt)
-            .unwrap_or_default();
-        let Some((track_id, layer, is_video)) = pub_conn
-            .peer
-            .as_mut()
-            .and_then(|p| p.published.iter_mut().find(|t| t.mid == data.mid))
-            .map(|t| {
-                let layer = t.layers.iter().position(|r| *r == data.rid).unwrap_or(0) as u8;
-                t.rates.on_media(now, layer, temporal, data.data.len());
-                (t.id, layer, t.kind == MediaKind::Video)
-            })
-        else {
             return;
         };
         let Some(lesson) = pub_conn
@@ -157,28 +139,69 @@ impl Engine {
         else {
             return;
         };
-        metrics.frames_in.inc();
-        if is_video && keyframe {
-            keyframes.on_keyframe(now, track_id, layer);
+        let Some(peer) = pub_conn.peer.as_mut() else {
+            return;
+        };
+        let publisher_rtt = peer.rtt.unwrap_or_default();
+        let Some((mid, rid)) = peer
+            .rtc
+            .direct_api()
+            .stream_rx(&packet.header.ssrc)
+            .map(|s| (s.mid(), s.rid()))
+        else {
+            return;
+        };
+        let is_red = peer
+            .rtc
+            .codec_config()
+            .iter()
+            .any(|p| p.red() == Some(packet.header.payload_type));
+        let Some(track) = peer.published.iter_mut().find(|t| t.mid == mid) else {
+            return;
+        };
+        let layer = track.layers.iter().position(|r| *r == rid).unwrap_or(0) as u8;
+        let track_id = track.id;
+        // What the packet is: a VP8 packet's descriptor, or an audio packet's primary payload.
+        let (vp8, audio) = match track.kind {
+            MediaKind::Video => {
+                let Some(vp8) = Vp8Packet::parse(&packet.payload) else {
+                    metrics.malformed_rtp.inc();
+                    return;
+                };
+                track
+                    .rates
+                    .on_media(now, layer, vp8.temporal, packet.payload.len());
+                if packet.header.marker {
+                    metrics.frames_in.inc();
+                }
+                (Some(vp8), None)
+            }
+            MediaKind::Audio => {
+                let Some(primary) = red::primary(&packet.payload, is_red) else {
+                    metrics.malformed_rtp.inc();
+                    return;
+                };
+                track.rates.on_media(now, 0, None, primary.len());
+                track.audio.push(packet.header.timestamp, primary.clone());
+                metrics.frames_in.inc();
+                (None, Some((primary, std::mem::take(&mut track.audio))))
+            }
+        };
+        if let Some(vp8) = &vp8 {
+            if vp8.keyframe {
+                keyframes.on_keyframe(now, track_id, layer);
+            }
         }
         // Layers some subscriber needs a keyframe of, as a bitmask.
         let mut wanted_keyframes: u8 = 0;
-        if is_video
-            && !data.contiguous
-            && keyframes.request(now, track_id, layer, now, publisher_rtt)
-        {
-            // Frames were lost upstream: this layer needs a fresh keyframe to decode again.
-            wanted_keyframes |= 1 << layer;
-        }
-        let key = TrackKey {
-            publisher,
-            mid: data.mid,
-        };
-        let frame = FrameInfo {
-            layer,
-            temporal,
-            keyframe,
-            layer_sync,
+        let key = TrackKey { publisher, mid };
+        let in_seq = *packet.seq_no;
+        let ext_vals = ExtensionValues {
+            audio_level: packet.header.ext_vals.audio_level,
+            voice_activity: packet.header.ext_vals.voice_activity,
+            video_orientation: packet.header.ext_vals.video_orientation,
+            video_content_type: packet.header.ext_vals.video_content_type,
+            ..Default::default()
         };
 
         for sub_id in lesson.connections() {
@@ -188,56 +211,146 @@ impl Engine {
             let Some(peer) = conns.get_mut(&sub_id).and_then(|c| c.peer.as_mut()) else {
                 continue;
             };
-            let Some(sub) = peer.subscription_mut(key) else {
+            let Peer {
+                rtc,
+                subscribed,
+                loss,
+                ..
+            } = peer;
+            let Some(sub) = subscribed
+                .iter_mut()
+                .find(|s| s.key == key && matches!(s.state, OutState::Open(_)))
+            else {
                 continue;
             };
-            let rtp_time = match sub.video.as_mut() {
-                None => data.time.numer(),
-                Some(video) => {
-                    let decision = video.selector.on_frame(frame);
-                    if let Some(req) = video.selector.keyframe_request(now) {
-                        if keyframes.request(
-                            now,
-                            track_id,
-                            req.layer,
-                            req.waiting_since,
-                            publisher_rtt,
-                        ) {
-                            wanted_keyframes |= 1 << req.layer;
+            let Some(out_mid) = sub.state.mid() else {
+                continue;
+            };
+            if sub.pts.is_none() {
+                sub.pts = out_pts(rtc, out_mid, sub.kind);
+            }
+            let Some(pts) = sub.pts else {
+                continue;
+            };
+            let write = match (&vp8, &audio) {
+                (Some(vp8), _) => {
+                    let Some(video) = sub.video.as_mut() else {
+                        continue;
+                    };
+                    let time = packet.time.numer();
+                    let forward = match video.frames.lookup(layer, time) {
+                        // A late packet of a layer left behind would land in the new one's numbers.
+                        Seen::Decided(forward) => {
+                            forward && video.selector.current().is_some_and(|c| c.layer == layer)
                         }
-                    }
-                    if !decision.forward {
+                        Seen::Forgotten => false,
+                        Seen::New => {
+                            let decision = video.selector.on_frame(FrameInfo {
+                                layer,
+                                temporal: vp8.temporal,
+                                keyframe: vp8.keyframe,
+                                layer_sync: vp8.layer_sync,
+                            });
+                            if let Some(req) = video.selector.keyframe_request(now) {
+                                if keyframes.request(
+                                    now,
+                                    track_id,
+                                    req.layer,
+                                    req.waiting_since,
+                                    publisher_rtt,
+                                ) {
+                                    wanted_keyframes |= 1 << req.layer;
+                                }
+                            }
+                            if decision.switched {
+                                sub.seq.rebase(in_seq);
+                                video.timeline.rebase(time, now);
+                                video.pictures.rebase(vp8.picture_id(), vp8.tl0_pic_idx());
+                            }
+                            video.frames.record(layer, time, decision.forward);
+                            decision.forward
+                        }
+                    };
+                    if !forward {
+                        if video.selector.current().is_some_and(|c| c.layer == layer) {
+                            // Left out of this subscriber's stream: close the gap behind it.
+                            sub.seq.skip(in_seq);
+                        }
                         continue;
                     }
-                    if decision.switched {
-                        video.timeline.rebase(data.time.numer(), now);
+                    let Some(out_seq) = sub.seq.forward(in_seq) else {
+                        continue;
+                    };
+                    let out_time = video.timeline.rewrite(time, now) as u32;
+                    let (picture, tl0) =
+                        video.pictures.rewrite(vp8.picture_id(), vp8.tl0_pic_idx());
+                    let mut write = RtpWrite::new(
+                        pts.media,
+                        out_seq.into(),
+                        out_time,
+                        packet.timestamp,
+                        packet.payload.clone(),
+                    )
+                    .nackable(true);
+                    if !video.pictures.is_identity() {
+                        if let Some(patch) = vp8.patch(picture, tl0) {
+                            write = write.vp8_patch(patch);
+                        }
                     }
-                    video.timeline.rewrite(data.time.numer(), now)
+                    write
                 }
+                (None, Some((primary, history))) => {
+                    if !sub.seq.started() {
+                        sub.seq.rebase(in_seq);
+                    }
+                    let Some(out_seq) = sub.seq.forward(in_seq) else {
+                        continue;
+                    };
+                    let red_payload = pts.red.and_then(|_| {
+                        history.red_payload(*pts.media, red::distances(loss.unwrap_or(0.0)))
+                    });
+                    let (pt, payload): (Pt, Arc<[u8]>) = match (pts.red, red_payload) {
+                        (Some(red_pt), Some(red)) => (red_pt, Arc::from(red)),
+                        _ => (pts.media, primary.clone()),
+                    };
+                    RtpWrite::new(
+                        pt,
+                        out_seq.into(),
+                        packet.header.timestamp,
+                        packet.timestamp,
+                        payload,
+                    )
+                }
+                (None, None) => continue,
             };
-            let Some(mid) = sub.state.mid() else {
+            let bytes = packet.payload.len() as u64;
+            let mut api = rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
                 continue;
             };
-            let Some(writer) = peer.rtc.writer(mid) else {
-                continue;
-            };
-            let Some(pt) = writer.match_params(data.params) else {
-                continue;
-            };
-            let time = MediaTime::new(rtp_time, data.time.frequency());
-            if writer
-                .write(pt, data.network_time, time, data.data.clone())
-                .is_ok()
-            {
-                metrics.frames_out.inc();
-                metrics.bytes_out.inc_by(data.data.len() as u64);
-                mark_dirty_in(conns, dirty, sub_id);
-            }
+            tx.write_rtp(
+                write
+                    .marker(packet.header.marker)
+                    .ext_vals(ext_vals.clone()),
+            );
+            metrics.packets_out.inc();
+            metrics.bytes_out.inc_by(bytes);
+            mark_dirty_in(conns, dirty, sub_id);
         }
 
+        if let Some((_, history)) = audio {
+            // The history was lent to the loop above (it lives with the publisher's track).
+            if let Some(track) = conns
+                .get_mut(&publisher)
+                .and_then(|c| c.peer.as_mut())
+                .and_then(|p| p.published.iter_mut().find(|t| t.mid == mid))
+            {
+                track.audio = history;
+            }
+        }
         for layer in 0..MAX_LAYERS as u8 {
             if wanted_keyframes & (1 << layer) != 0 {
-                request_keyframe(conns, publisher, data.mid, layer, metrics);
+                request_keyframe(conns, publisher, mid, layer, metrics);
                 mark_dirty_in(conns, dirty, publisher);
             }
         }
@@ -300,6 +413,24 @@ impl Engine {
     }
 }
 
+/// The payload types a subscriber negotiated for an outgoing m-line of `kind`.
+fn out_pts(rtc: &Rtc, mid: Mid, kind: MediaKind) -> Option<OutPts> {
+    let remote = rtc.media(mid)?.remote_pts();
+    let codec = match kind {
+        MediaKind::Audio => Codec::Opus,
+        MediaKind::Video => Codec::Vp8,
+    };
+    let params = rtc
+        .codec_config()
+        .iter()
+        .find(|p| p.spec().codec == codec && remote.contains(&p.pt()))?;
+    Some(OutPts {
+        media: params.pt(),
+        // str0m folds RED onto the codec's params only where the peer negotiated it.
+        red: params.red(),
+    })
+}
+
 /// Sends a PLI for one layer of a publisher's track.
 fn request_keyframe(
     conns: &mut HashMap<ConnId, Conn>,
@@ -319,13 +450,8 @@ fn request_keyframe(
     else {
         return;
     };
-    if let Some(mut writer) = peer.rtc.writer(mid) {
-        // Fails only when this rid is not (yet) received; the selector asks again.
-        if writer
-            .request_keyframe(rid, KeyframeRequestKind::Pli)
-            .is_ok()
-        {
-            metrics.keyframe_requests.inc();
-        }
+    if let Some(stream) = peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
+        stream.request_keyframe(KeyframeRequestKind::Pli);
+        metrics.keyframe_requests.inc();
     }
 }

@@ -557,7 +557,7 @@ impl Engine {
         match event {
             Event::MediaAdded(added) => self.on_media_added(id, added),
             Event::MediaChanged(changed) => self.on_media_changed(id, changed),
-            Event::MediaData(data) => self.forward_media(id, data, now),
+            Event::RtpPacket(packet) => self.forward_rtp(id, packet, now),
             Event::KeyframeRequest(req) => {
                 if let Some(conn) = self.conns.get_mut(&id) {
                     conn.latest.keyframe_requests += 1;

@@ -10,13 +10,15 @@
 
 use std::time::Instant;
 
-use crate::bwe::LayerSelector;
 use crate::media::peer::{OutState, Subscribed, TrackKey, VideoOut};
-use crate::media::timeline::RtpTimeline;
+use crate::media::rewrite::SeqRewriter;
 use crate::signal::message::{MediaKind, SourceKind};
 use crate::signal::ConnId;
 
 use super::Engine;
+
+/// First sequence number of an outgoing stream: low, so the stream starts without SRTP rollover.
+const FIRST_OUT_SEQ: u64 = 1;
 
 /// A published track and where it comes from.
 #[derive(Debug, Clone)]
@@ -110,10 +112,10 @@ impl Engine {
                     classroom_id: track.classroom_id.clone(),
                     from_teacher: track.from_teacher,
                     state: OutState::ToOpen,
-                    video: (track.kind == MediaKind::Video).then(|| VideoOut {
-                        selector: LayerSelector::new(top, &self.tuning),
-                        timeline: RtpTimeline::default(),
-                    }),
+                    video: (track.kind == MediaKind::Video)
+                        .then(|| VideoOut::new(top, &self.tuning)),
+                    seq: SeqRewriter::new(FIRST_OUT_SEQ),
+                    pts: None,
                     layer_count: track.layer_count,
                 });
             }

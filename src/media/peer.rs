@@ -16,6 +16,9 @@ use crate::signal::ConnId;
 
 use crate::bwe::{LayerRates, LayerSelector};
 
+use super::frames::FrameMemory;
+use super::red::AudioHistory;
+use super::rewrite::{PictureIds, SeqRewriter};
 use super::timeline::RtpTimeline;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,8 @@ pub struct Published {
     pub rates: LayerRates,
     /// Layers the publisher was last told to encode (dynacast), lowest first.
     pub active: Vec<bool>,
+    /// Recent audio payloads, for the redundancy each subscriber gets (audio only).
+    pub audio: AudioHistory,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,11 +77,33 @@ impl OutState {
     }
 }
 
-/// Layer selection and timestamp rewriting for one received video.
+/// Layer selection and the rewriting that makes one received video continuous.
 #[derive(Debug, Clone)]
 pub struct VideoOut {
     pub selector: LayerSelector,
     pub timeline: RtpTimeline,
+    pub pictures: PictureIds,
+    pub frames: FrameMemory,
+}
+
+impl VideoOut {
+    pub fn new(top_layer: u8, tuning: &crate::bwe::Tuning) -> Self {
+        Self {
+            selector: LayerSelector::new(top_layer, tuning),
+            timeline: RtpTimeline::default(),
+            pictures: PictureIds::default(),
+            frames: FrameMemory::default(),
+        }
+    }
+}
+
+/// Payload types of an outgoing m-line, as the subscriber negotiated them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutPts {
+    /// VP8 or Opus.
+    pub media: str0m::media::Pt,
+    /// RFC 2198 RED wrapping the media, if the subscriber accepted it.
+    pub red: Option<str0m::media::Pt>,
 }
 
 /// A track this peer receives from another.
@@ -92,6 +119,10 @@ pub struct Subscribed {
     pub state: OutState,
     /// Layer choice and timestamp rewriting; video only.
     pub video: Option<VideoOut>,
+    /// Outgoing sequence numbers.
+    pub seq: SeqRewriter,
+    /// Resolved at the first packet after negotiation.
+    pub pts: Option<OutPts>,
     /// The publisher's layer count, to map layer choices to indices.
     pub layer_count: usize,
 }

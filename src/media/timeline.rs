@@ -2,9 +2,8 @@
 //! timestamp base, so when the forwarded layer changes, the outgoing time continues from the last
 //! forwarded frame plus the wall-clock gap instead of jumping to the new layer's base.
 //!
-//! str0m repacketizes each forwarded frame on the subscriber's own outgoing stream, so SSRC,
-//! sequence numbers and the VP8 picture id are already continuous across a switch; the RTP
-//! timestamp is the one thing the forwarder rewrites. Pure: time is passed in.
+//! Sequence numbers and VP8 picture ids are made continuous by `media::rewrite`; this is the
+//! timestamp half. Pure: time is passed in.
 
 use std::time::{Duration, Instant};
 

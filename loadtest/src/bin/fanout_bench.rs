@@ -2,7 +2,7 @@
 //! sizes; N village classrooms each receive the audio and one pinned layer. The server runs as
 //! the real `tongbu serve` binary in its own process, so its CPU time and memory are read from
 //! `/proc/<pid>` apart from the synthetic clients (str0m peers from `tests/common`, all in this
-//! process). For each N it prints forwarded frames/s and packets/s, server CPU, packets per
+//! process). For each N it prints forwarded RTP packets/s (server metric) and datagrams/s, server CPU, packets per
 //! server CPU-second, server RSS and RSS per subscriber, added latency percentiles (publisher
 //! write → subscriber frame complete, stamped in the payload with the wall clock) and frames lost.
 //!
@@ -311,7 +311,7 @@ struct Row {
     variant: String,
     n: usize,
     receiving: usize,
-    frames_s: f64,
+    rtp_out_s: f64,
     pkts_s: f64,
     mbit_s: f64,
     cpu_pct: f64,
@@ -464,8 +464,8 @@ async fn run_one(
 
     let secs = b.at.duration_since(a.at).as_secs_f64();
     let m = |s: &Snapshot, k: &str| s.metrics.get(k).copied().unwrap_or(0.0);
-    let frames =
-        m(&b, "tongbu_media_frames_forwarded_total") - m(&a, "tongbu_media_frames_forwarded_total");
+    let rtp_out = m(&b, "tongbu_media_packets_forwarded_total")
+        - m(&a, "tongbu_media_packets_forwarded_total");
     let bytes =
         m(&b, "tongbu_media_forwarded_bytes_total") - m(&a, "tongbu_media_forwarded_bytes_total");
     let pkts = (b.datagrams - a.datagrams) as f64;
@@ -518,7 +518,7 @@ async fn run_one(
         variant: variant.to_string(),
         n,
         receiving: connected,
-        frames_s: frames / secs,
+        rtp_out_s: rtp_out / secs,
         pkts_s: pkts / secs,
         mbit_s: bytes * 8.0 / secs / 1e6,
         cpu_pct: cpu_s / secs * 100.0,
@@ -591,7 +591,7 @@ async fn main() -> anyhow::Result<()> {
             match run_one(&args, &bin, variant, server_args, n).await {
                 Ok(row) => {
                     println!(
-                        "[{}] N={:<3} receiving {:>3} | fwd {:>7.0} frames/s {:>7.0} pkts/s {:>6.1} Mbit/s | \
+                        "[{}] N={:<3} receiving {:>3} | fwd {:>7.0} RTP/s {:>7.0} pkts/s {:>6.1} Mbit/s | \
                      server CPU {:>5.1}% -> {:>6.0} pkts/CPU-s | clients CPU {:>5.1}% | \
                      RSS idle {:.1} MB, publisher only {:.1} MB, loaded {:.1} MB (peak {:.1}), {:.0} kB/sub | \
                      video p50/p95/p99 {:.2}/{:.2}/{:.2} ms, audio {:.2}/{:.2}/{:.2} ms | \
@@ -599,7 +599,7 @@ async fn main() -> anyhow::Result<()> {
                     row.variant,
                     row.n,
                     row.receiving,
-                    row.frames_s,
+                    row.rtp_out_s,
                     row.pkts_s,
                     row.mbit_s,
                     row.cpu_pct,
@@ -629,7 +629,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "| server | N | fwd frames/s | fwd pkts/s | Mbit/s | server CPU % | pkts per CPU-s | clients CPU % \
+        "| server | N | fwd RTP/s | fwd pkts/s | Mbit/s | server CPU % | pkts per CPU-s | clients CPU % \
          | RSS MB | kB per sub | video p50/p95/p99 ms | audio p50/p95/p99 ms | lost video | lost audio |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -639,7 +639,7 @@ async fn main() -> anyhow::Result<()> {
              | {:.2} / {:.2} / {:.2} | {} / {} | {} / {} |",
             r.variant,
             r.n,
-            r.frames_s,
+            r.rtp_out_s,
             r.pkts_s,
             r.mbit_s,
             r.cpu_pct,

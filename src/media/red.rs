@@ -1,0 +1,126 @@
+//! Audio redundancy (RFC 2198 RED) on the way out: every outgoing audio packet may carry the
+//! one, two or three packets before it, so a village classroom rebuilds lost audio from the
+//! next packet instead of waiting a round trip. How deep depends on the subscriber's measured
+//! loss; publishers may send plain Opus or RED, subscribers get what they negotiated.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use str0m::rtp::{RedDecoder, RedEncoder, RedundantBlock};
+
+/// Deepest redundancy sent (packets back).
+pub const MAX_DISTANCE: usize = 3;
+
+/// How many packets back each redundant block reaches, for a subscriber losing `loss` (0..1).
+/// One level costs one more audio payload. Bursty village loss takes out two or three packets in
+/// a row (a Gilbert-Elliott bad state lasts about three packets), so lossy links get deeper
+/// redundancy; audio is the one thing that must never break.
+pub fn distances(loss: f32) -> &'static [usize] {
+    if loss < 0.02 {
+        &[1]
+    } else if loss < 0.08 {
+        &[1, 2]
+    } else {
+        &[1, 2, 3]
+    }
+}
+
+/// The primary (newest) block of a packet: the payload itself, or the last block of a RED
+/// payload. `None` for a malformed RED payload.
+pub fn primary(payload: &Arc<[u8]>, is_red: bool) -> Option<Arc<[u8]>> {
+    if !is_red {
+        return Some(payload.clone());
+    }
+    let blocks = RedDecoder::decode(payload).ok()?;
+    let last = blocks.last().filter(|b| b.is_primary)?;
+    Some(Arc::from(last.payload))
+}
+
+/// The recent primaries of one published audio track, newest last.
+#[derive(Debug, Clone, Default)]
+pub struct AudioHistory {
+    entries: VecDeque<(u32, Arc<[u8]>)>,
+}
+
+impl AudioHistory {
+    /// Records the primary of the packet at RTP time `time`.
+    pub fn push(&mut self, time: u32, primary: Arc<[u8]>) {
+        if self.entries.len() == MAX_DISTANCE + 1 {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((time, primary));
+    }
+
+    /// The newest packet wrapped in RED with blocks `distances` back, all with payload type `pt`.
+    /// Blocks that do not fit RED's fields (a gap over 14 bits of time, say) are left out.
+    pub fn red_payload(&self, pt: u8, distances: &[usize]) -> Option<Vec<u8>> {
+        let (time, primary) = self.entries.back()?;
+        let newest = self.entries.len() - 1;
+        let mut blocks: Vec<RedundantBlock> = distances
+            .iter()
+            .rev() // oldest first, as RFC 2198 orders them
+            .filter_map(|d| newest.checked_sub(*d).map(|i| &self.entries[i]))
+            .map(|(t, payload)| RedundantBlock {
+                pt,
+                timestamp_offset: time.wrapping_sub(*t),
+                payload: payload.to_vec(),
+            })
+            .collect();
+        blocks.retain(|b| b.fits() && b.timestamp_offset > 0);
+        Some(RedEncoder::encode(pt, primary, &blocks))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(n: u32) -> AudioHistory {
+        let mut h = AudioHistory::default();
+        for i in 0..n {
+            h.push(960 * i, Arc::from(vec![i as u8; 10 + i as usize]));
+        }
+        h
+    }
+
+    #[test]
+    fn red_payload_carries_the_packets_before_and_decodes() {
+        let h = history(5);
+        let red = h.red_payload(111, &[1, 2, 3]).unwrap();
+        let blocks = RedDecoder::decode(&red).unwrap();
+        assert_eq!(blocks.len(), 4);
+        let offsets: Vec<u32> = blocks.iter().map(|b| b.timestamp_offset).collect();
+        assert_eq!(offsets, vec![2880, 1920, 960, 0]);
+        assert_eq!(blocks[0].payload, &[1u8; 11][..]);
+        assert_eq!(blocks[3].payload, &[4u8; 14][..]);
+        assert!(blocks.iter().all(|b| b.pt == 111));
+        // The primary comes back out of it.
+        let red: Arc<[u8]> = Arc::from(red);
+        assert_eq!(&*primary(&red, true).unwrap(), &[4u8; 14][..]);
+    }
+
+    #[test]
+    fn short_history_sends_what_it_has() {
+        let h = history(2);
+        let blocks_len = RedDecoder::decode(&h.red_payload(111, &[1, 2, 3]).unwrap())
+            .unwrap()
+            .len();
+        assert_eq!(blocks_len, 2);
+        assert!(AudioHistory::default().red_payload(111, &[1]).is_none());
+    }
+
+    #[test]
+    fn deeper_redundancy_for_lossier_links() {
+        assert_eq!(distances(0.0), &[1]);
+        assert_eq!(distances(0.05), &[1, 2]);
+        assert_eq!(distances(0.15), &[1, 2, 3]);
+    }
+
+    #[test]
+    fn malformed_red_is_refused() {
+        let bad: Arc<[u8]> = Arc::from(vec![0x80 | 111, 0, 0]);
+        assert!(primary(&bad, true).is_none());
+        let plain: Arc<[u8]> = Arc::from(vec![1, 2, 3]);
+        assert_eq!(&*primary(&plain, false).unwrap(), &[1, 2, 3][..]);
+    }
+}
