@@ -38,6 +38,8 @@ pub struct LayerBitrate {
     pub bps: u64,
     /// Bits per second of temporal layer 0 alone, when the layer carries higher temporal layers.
     pub tl0_bps: Option<u64>,
+    /// Bits per second of temporal layers 0 and 1, when the layer carries three.
+    pub tl1_bps: Option<u64>,
 }
 
 /// One track this subscriber receives, as the allocator sees it.
@@ -56,14 +58,32 @@ pub struct TrackDemand {
     pub redundancy: f64,
 }
 
-/// A spatial layer and whether its full frame rate or only temporal layer 0 is sent.
-/// Orders from cheapest to dearest: `(0, TL0) < (0, full) < (1, full) < …`.
+/// The highest temporal layer of "every temporal layer": full frame rate.
+pub const ALL_TEMPORAL: u8 = u8::MAX;
+
+/// A spatial layer and the highest temporal layer sent of it.
+/// Orders from cheapest to dearest: `(0, TL0) < (0, all) < (1, TL1) < (1, all) < …`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LayerChoice {
     /// Spatial layer index.
     pub layer: u8,
-    /// `false`: forward temporal layer 0 only (about half the frame rate and bitrate).
-    pub full_frame_rate: bool,
+    /// Highest temporal layer forwarded: 0 is a quarter of the frame rate of three temporal
+    /// layers (about half the bitrate), 1 half of it, [`ALL_TEMPORAL`] all of it.
+    pub temporal: u8,
+}
+
+impl LayerChoice {
+    /// `layer` at its full frame rate.
+    pub fn full(layer: u8) -> Self {
+        Self {
+            layer,
+            temporal: ALL_TEMPORAL,
+        }
+    }
+
+    pub fn full_frame_rate(&self) -> bool {
+        self.temporal == ALL_TEMPORAL
+    }
 }
 
 /// The allocator's decision for one track.
@@ -177,8 +197,9 @@ impl Ladder {
 }
 
 /// Build ladders sorted by priority (stable, so equal priorities keep input order).
-/// Video steps: `[lowest TL0, lowest full, next layer, …]` up to the cap; a layer without temporal
-/// layers repeats its full-rate step at no cost so that rounds stay aligned across tracks.
+/// Video steps: `[lowest TL0, lowest full, next layer at TL1, next layer full, …]` up to the cap; a
+/// lowest layer without temporal layers repeats its full-rate step at no cost so that the base
+/// rounds stay aligned across tracks.
 fn prepare(tracks: &[TrackDemand], tuning: &Tuning) -> Vec<Ladder> {
     let mut ladders: Vec<Ladder> = tracks
         .iter()
@@ -207,13 +228,13 @@ fn prepare(tracks: &[TrackDemand], tuning: &Tuning) -> Vec<Ladder> {
                     bps: with_repair(l.bps),
                 }));
             } else if let Some(lowest) = usable.first() {
-                let tl0 = LayerChoice {
-                    layer: lowest.layer,
-                    full_frame_rate: false,
-                };
+                // The lowest layer's first step is its TL0 alone: base rounds stay two steps.
                 match lowest.tl0_bps {
                     Some(tl0_bps) => steps.push(Step {
-                        choice: tl0,
+                        choice: LayerChoice {
+                            layer: lowest.layer,
+                            temporal: 0,
+                        },
                         bps: with_repair(tl0_bps),
                     }),
                     None => steps.push(Step {
@@ -221,11 +242,26 @@ fn prepare(tracks: &[TrackDemand], tuning: &Tuning) -> Vec<Ladder> {
                         bps: with_repair(lowest.bps),
                     }),
                 }
-                for layer in &usable {
-                    let bps = with_repair(layer.bps).max(steps.last().map_or(0, |s| s.bps));
+                for (i, layer) in usable.iter().enumerate() {
+                    let last = steps.last().map_or(0, |s| s.bps);
+                    // Higher layers at half their frame rate fill the gap below their full rate
+                    // (a 1 Mbit/s link takes 1280 px at 15 fps rather than 640 px at 30).
+                    if let Some(tl1_bps) = layer.tl1_bps.filter(|_| i > 0) {
+                        let bps = with_repair(tl1_bps);
+                        if bps > last {
+                            steps.push(Step {
+                                choice: LayerChoice {
+                                    layer: layer.layer,
+                                    temporal: 1,
+                                },
+                                bps,
+                            });
+                        }
+                    }
+                    let last = steps.last().map_or(0, |s| s.bps);
                     steps.push(Step {
                         choice: full(layer.layer),
-                        bps,
+                        bps: with_repair(layer.bps).max(last),
                     });
                 }
             }
@@ -243,10 +279,7 @@ fn prepare(tracks: &[TrackDemand], tuning: &Tuning) -> Vec<Ladder> {
 }
 
 fn full(layer: u8) -> LayerChoice {
-    LayerChoice {
-        layer,
-        full_frame_rate: true,
-    }
+    LayerChoice::full(layer)
 }
 
 /// Report each track's step in input order, and the estimates that would buy more.
@@ -309,6 +342,7 @@ mod tests {
                     layer: i as u8,
                     bps,
                     tl0_bps,
+                    tl1_bps: None,
                 })
                 .collect(),
             max_layer,
@@ -324,6 +358,7 @@ mod tests {
                 layer: 0,
                 bps,
                 tl0_bps: None,
+                tl1_bps: None,
             }],
             max_layer: 0,
             redundancy,
@@ -373,6 +408,40 @@ mod tests {
     }
 
     #[test]
+    fn a_higher_layer_at_half_frame_rate_fills_the_gap_below_its_full_rate() {
+        let tuning = Tuning::default();
+        let camera = |tl1: Option<u64>| {
+            let mut v = video(
+                CAMERA,
+                Priority::TeacherCamera,
+                &[(150_000, Some(60_000)), (500_000, None), (1_000_000, None)],
+                2,
+            );
+            v.layers[2].tl1_bps = tl1;
+            vec![audio(AUDIO, 32_000, 1.0), v]
+        };
+        // 800 kbit/s × 0.9 headroom − 64 kbit/s of audio: the top layer's 600 kbit/s TL0+TL1 fits,
+        // its full rate does not.
+        let with_tl1 = allocate(800_000, &camera(Some(600_000)), &tuning);
+        assert_eq!(
+            choice_of(&with_tl1, CAMERA),
+            Some(LayerChoice {
+                layer: 2,
+                temporal: 1
+            })
+        );
+        assert_eq!(with_tl1.allocated_bps, 664_000);
+        let without = allocate(800_000, &camera(None), &tuning);
+        assert_eq!(choice_of(&without, CAMERA), Some(LayerChoice::full(1)));
+        // A TL1 rate no dearer than the layer below is no step at all.
+        let cheap = allocate(800_000, &camera(Some(400_000)), &tuning);
+        assert_eq!(choice_of(&cheap, CAMERA), Some(LayerChoice::full(1)));
+        // Enough for everything: the full rate.
+        let rich = allocate(2_000_000, &camera(Some(600_000)), &tuning);
+        assert_eq!(choice_of(&rich, CAMERA), Some(LayerChoice::full(2)));
+    }
+
+    #[test]
     fn lesson_table_from_100_kbps_to_5_mbps() {
         // Expected rows follow from the fixture by hand: audio 64k (RED doubles 32k); screen base 150k;
         // camera TL0 80k, q 150k, h 500k, f 1.5M; called-on TL0 65k, q 120k, h 450k; budget = 0.9 × estimate.
@@ -393,7 +462,7 @@ mod tests {
         let tuning = Tuning::default();
         for &(estimate, screen, camera, called_on) in rows {
             let a = allocate(estimate, &lesson(), &tuning);
-            let got = |id| choice_of(&a, id).map(|c| (c.layer, c.full_frame_rate));
+            let got = |id| choice_of(&a, id).map(|c| (c.layer, c.full_frame_rate()));
             assert_eq!(got(AUDIO), layer(0), "audio at {estimate}");
             assert_eq!(
                 (got(SCREEN), got(CAMERA), got(CALLED_ON)),
@@ -410,7 +479,7 @@ mod tests {
         let tracks = lesson();
         let step_bps = |t: &TrackDemand, c: LayerChoice| {
             let l = t.layers.iter().find(|l| l.layer == c.layer).unwrap();
-            let raw = if c.full_frame_rate {
+            let raw = if c.full_frame_rate() {
                 l.bps
             } else {
                 l.tl0_bps.unwrap()
@@ -466,7 +535,7 @@ mod tests {
             }
             // Lowest layer first: a track above its lowest layer means every track has its lowest at full rate.
             let lowest_full =
-                |c: &Option<LayerChoice>| c.is_some_and(|c| c.layer > 0 || c.full_frame_rate);
+                |c: &Option<LayerChoice>| c.is_some_and(|c| c.layer > 0 || c.full_frame_rate());
             if videos.iter().any(|(_, c)| c.is_some_and(|c| c.layer > 0)) {
                 assert!(
                     videos.iter().all(|(_, c)| lowest_full(c)),
@@ -485,7 +554,7 @@ mod tests {
                             track,
                             LayerChoice {
                                 layer: next.layer,
-                                full_frame_rate: true,
+                                temporal: ALL_TEMPORAL,
                             },
                         ) - step_bps(track, choice.unwrap());
                         assert!(
@@ -686,7 +755,7 @@ mod tests {
             choice_of(&a, CAMERA),
             Some(LayerChoice {
                 layer: 0,
-                full_frame_rate: false
+                temporal: 0
             })
         );
         assert_eq!(
@@ -714,6 +783,7 @@ mod tests {
                 layer: 2,
                 bps: 400_000,
                 tl0_bps: None,
+                tl1_bps: None,
             }],
             ..video(CAMERA, Priority::TeacherCamera, &[], 0)
         };

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 pub use allocate::{
     allocate, Allocation, LayerBitrate, LayerChoice, Priority, TrackAllocation, TrackDemand,
+    ALL_TEMPORAL,
 };
 pub use keyframe::{keyframe_needed, KeyframeThrottle};
 pub use overflow::OverflowDetector;

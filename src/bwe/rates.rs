@@ -29,6 +29,8 @@ struct LayerMeter {
     all: Meter,
     /// Temporal layer 0 alone; frames without a temporal index count here.
     tl0: Meter,
+    /// Temporal layers 0 and 1 (half the frame rate of three temporal layers).
+    tl1: Meter,
     last_seen: Option<Instant>,
 }
 
@@ -72,8 +74,12 @@ impl LayerRates {
             .as_micros() as u64;
         let slot = at_us / self.bucket_us;
         meter.all.add(slot, at_us, bytes as u64);
-        if temporal.unwrap_or(0) == 0 {
+        let temporal = temporal.unwrap_or(0);
+        if temporal == 0 {
             meter.tl0.add(slot, at_us, bytes as u64);
+        }
+        if temporal <= 1 {
+            meter.tl1.add(slot, at_us, bytes as u64);
         }
         meter.last_seen = Some(now);
     }
@@ -95,10 +101,15 @@ impl LayerRates {
         let has_upper_temporal = all.bytes > tl0.bytes;
         let tl0_bps =
             has_upper_temporal.then(|| tl0.bps(self.bucket_us, self.window_us).unwrap_or(0));
+        let tl1 = meter.tl1.window(now_slot);
+        // Only a middle step when there is a layer above it and one below it.
+        let tl1_bps = (all.bytes > tl1.bytes && tl1.bytes > tl0.bytes)
+            .then(|| tl1.bps(self.bucket_us, self.window_us).unwrap_or(0));
         Some(LayerBitrate {
             layer,
             bps,
             tl0_bps,
+            tl1_bps,
         })
     }
 
@@ -213,6 +224,11 @@ mod tests {
         fn tl0_bps(&self) -> f64 {
             self.bps as f64 * 0.25 * 2.0 / 1.25
         }
+
+        /// Expected TL0+TL1 rate: TL1 frames add 1 in 4 at weight 1/1.25.
+        fn tl1_bps(&self) -> f64 {
+            self.tl0_bps() + self.bps as f64 * 0.25 / 1.25
+        }
     }
 
     /// Feed `streams` from `start` for `duration`, in timestamp order.
@@ -275,13 +291,22 @@ mod tests {
                     m.bps
                 );
                 match s.temporal {
-                    true => assert!(
-                        within(m.tl0_bps.expect("temporal layers seen"), s.tl0_bps(), 0.03),
-                        "tl0 of layer {} at {offset_ms} ms: {:?}",
-                        m.layer,
-                        m.tl0_bps
-                    ),
-                    false => assert_eq!(m.tl0_bps, None),
+                    true => {
+                        assert!(
+                            within(m.tl0_bps.expect("temporal layers seen"), s.tl0_bps(), 0.03),
+                            "tl0 of layer {} at {offset_ms} ms: {:?}",
+                            m.layer,
+                            m.tl0_bps
+                        );
+                        // TL0 and TL1 frames alternate big and small: the window edge weighs more.
+                        assert!(
+                            within(m.tl1_bps.expect("three temporal layers"), s.tl1_bps(), 0.05),
+                            "tl1 of layer {} at {offset_ms} ms: {:?}",
+                            m.layer,
+                            m.tl1_bps
+                        );
+                    }
+                    false => assert_eq!((m.tl0_bps, m.tl1_bps), (None, None)),
                 }
             }
         }

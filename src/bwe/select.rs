@@ -16,10 +16,9 @@
 use std::cmp::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{LayerChoice, Tuning};
+use super::{LayerChoice, Tuning, ALL_TEMPORAL};
 
 /// Forward every temporal layer.
-const ALL_TEMPORAL: u8 = u8::MAX;
 /// The hold doubles at most this many times before the cap (3 s × 2⁴ is far above any sane cap).
 const MAX_BACKOFF_DOUBLINGS: u32 = 4;
 
@@ -127,7 +126,7 @@ impl LayerSelector {
     pub fn current(&self) -> Option<LayerChoice> {
         self.current.map(|layer| LayerChoice {
             layer,
-            full_frame_rate: self.temporal_cap() == ALL_TEMPORAL,
+            temporal: self.temporal_cap(),
         })
     }
 
@@ -270,7 +269,9 @@ impl LayerSelector {
     fn temporal_cap(&self) -> u8 {
         match (self.target, self.current) {
             (Some(target), Some(current)) if current > target.layer => 0, // leaving this layer: brake
-            (Some(target), _) if !target.full_frame_rate => 0,
+            // Climbing from a lower layer: that one is cheaper than the target at any frame rate.
+            (Some(target), Some(current)) if current < target.layer => ALL_TEMPORAL,
+            (Some(target), _) => target.temporal,
             _ => ALL_TEMPORAL,
         }
     }
@@ -327,7 +328,7 @@ fn clamp_to(max: u8, choice: LayerChoice) -> LayerChoice {
     if choice.layer > max {
         LayerChoice {
             layer: max,
-            full_frame_rate: true,
+            temporal: ALL_TEMPORAL,
         }
     } else {
         choice
@@ -346,13 +347,13 @@ mod tests {
     fn full(layer: u8) -> Option<LayerChoice> {
         Some(LayerChoice {
             layer,
-            full_frame_rate: true,
+            temporal: ALL_TEMPORAL,
         })
     }
 
     const TL0_ONLY: Option<LayerChoice> = Some(LayerChoice {
         layer: 0,
-        full_frame_rate: false,
+        temporal: 0,
     });
 
     fn key(layer: u8) -> FrameInfo {
@@ -446,7 +447,7 @@ mod tests {
             s.current(),
             Some(LayerChoice {
                 layer: 2,
-                full_frame_rate: false
+                temporal: 0
             })
         );
         // The old layer keeps flowing, TL0 only, so the picture does not freeze.
@@ -667,6 +668,25 @@ mod tests {
     }
 
     #[test]
+    fn half_frame_rate_forwards_temporal_layers_zero_and_one() {
+        let t0 = Instant::now();
+        let mut s = flowing(t0, 0);
+        let half = Some(LayerChoice {
+            layer: 0,
+            temporal: 1,
+        });
+        s.on_allocation(t0 + ms(100), half);
+        assert_eq!(s.current(), half);
+        let pattern = [0u8, 2, 1, 2, 0, 2, 1, 2];
+        let forwarded: Vec<u8> = pattern
+            .iter()
+            .copied()
+            .filter(|&tl| s.on_frame(delta(0, tl)).forward)
+            .collect();
+        assert_eq!(forwarded, vec![0, 1, 0, 1], "half the frames");
+    }
+
+    #[test]
     fn frames_without_temporal_index_are_never_cut() {
         let t0 = Instant::now();
         let mut s = flowing(t0, 0);
@@ -691,6 +711,7 @@ mod tests {
             layer,
             bps,
             tl0_bps,
+            tl1_bps: None,
         };
         vec![
             TrackDemand {

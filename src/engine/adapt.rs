@@ -101,6 +101,7 @@ impl Engine {
                     layer: 0,
                     bps: AUDIO_DEFAULT_BPS,
                     tl0_bps: None,
+                    tl1_bps: None,
                 });
             }
             let thumbnail = is_teacher && !is_called_on;
@@ -151,7 +152,7 @@ impl Engine {
                 // Baseline or pinned: always the top layer the subscriber allows.
                 None => Some(Choice {
                     layer: demand.max_layer,
-                    full_frame_rate: true,
+                    temporal: crate::bwe::ALL_TEMPORAL,
                 }),
             };
             video.selector.on_allocation(now, choice);

@@ -7,6 +7,8 @@ use std::collections::VecDeque;
 
 /// Offsets kept for sequence ranges: packets older than this many skips are too late to matter.
 const MAX_RANGES: usize = 64;
+/// A jump this large is a restarted source (a new SSRC on the same layer), not loss: start over.
+const RESTART_JUMP: u64 = 3000;
 /// Picture ids are 15 bits.
 const PICTURE_ID_MODULO: u32 = 0x8000;
 
@@ -50,6 +52,10 @@ impl SeqRewriter {
     /// The outgoing number of a forwarded packet; `None` if it is older than the current source
     /// (a late packet of the layer before a switch) or than the ranges kept.
     pub fn forward(&mut self, in_seq: u64) -> Option<u64> {
+        let start = self.ranges.front()?.0;
+        if in_seq > self.highest_in + RESTART_JUMP || in_seq + RESTART_JUMP < start {
+            self.rebase(in_seq);
+        }
         let offset = self
             .ranges
             .iter()
@@ -181,6 +187,19 @@ mod tests {
         seq.skip(2); // 1 lost, 2 dropped
         assert_eq!(seq.forward(3), Some(2));
         assert_eq!(seq.forward(1), Some(1));
+    }
+
+    #[test]
+    fn a_restarted_source_continues_the_numbering() {
+        let mut seq = SeqRewriter::new(0);
+        seq.rebase(40_000);
+        assert_eq!(seq.forward(40_000), Some(0));
+        assert_eq!(seq.forward(40_001), Some(1));
+        assert_eq!(seq.forward(7), Some(2), "a new SSRC starts low");
+        assert_eq!(seq.forward(8), Some(3));
+        assert_eq!(seq.forward(90_000), Some(4), "or far ahead");
+        assert_eq!(seq.forward(89_999), None, "older than the restart");
+        assert_eq!(seq.forward(90_001), Some(5));
     }
 
     #[test]
