@@ -40,12 +40,14 @@ pub struct Tuning {
     /// measured rate is near zero (a static slide measures a few kbit/s, then one change bursts).
     /// 30 kbit/s: about the lowest rate at which VP8 at 160×90 still shows a face.
     pub min_video_layer_bps: u64,
-    /// How long a higher allocation must hold before the selector steps up. 3 s: long enough to ride
-    /// out GCC's probe-and-back-off cycles, short enough that a recovered link is used soon.
+    /// How long a higher allocation must hold before the selector steps up to a higher spatial
+    /// layer (more frame rate on the same layer needs no keyframe and comes at once). 3 s: long
+    /// enough to ride out GCC's probe-and-back-off cycles, short enough that a recovered link is
+    /// used soon.
     pub up_hold: Duration,
     /// Cap on the up-hold after repeated down-steps (it doubles per recent down-step). 4 s: every
-    /// step of a climb (TL0 → full rate → next layer → top) waits its own hold, so after a collapse
-    /// the climb is ≈ 3 holds; measured in real Chromium (loadtest/README.md, 2 → 0.3 → 2 Mbit/s),
+    /// spatial step of a climb waits its own hold (frame-rate steps on the same layer do not), so
+    /// after a collapse the climb is ≈ 2 holds; measured in real Chromium (loadtest/README.md, 2 → 0.3 → 2 Mbit/s),
     /// 10 s took 23.8 s back to the top layer, 4 s took 9.4 s, with half the freeze time.
     pub up_hold_max: Duration,
     /// How long a down-step counts as recent for the back-off. 10 s: a few GCC probe cycles; with

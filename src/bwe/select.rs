@@ -163,6 +163,14 @@ impl LayerSelector {
             Ordering::Equal => self.rise = None,
             Ordering::Greater => {
                 let Some(choice) = allocated else { return }; // above a target: never None
+                if self.target.is_some_and(|t| t.layer == choice.layer) {
+                    // More frame rate on the same layer needs no keyframe and is undone at once
+                    // if the estimate was wrong: no hold, so a climb waits only for its spatial
+                    // steps.
+                    self.rise = None;
+                    self.set_target(now, Some(choice));
+                    return;
+                }
                 let hold = self.up_hold(now);
                 let rise = self.rise.get_or_insert(Rise {
                     since: now,
@@ -634,10 +642,11 @@ mod tests {
             "same spatial layer: no keyframe needed"
         );
 
-        // Allocation returns to full rate; after the hold the cap lifts, but only at sync points.
+        // Allocation returns to full rate: at once (same spatial layer, no hold), but the cap
+        // lifts only at sync points.
         s.handle_timeout(t0 + ms(100));
         s.on_allocation(t0 + ms(200), full(0));
-        s.handle_timeout(hold_end(&s).unwrap());
+        assert_eq!(hold_end(&s), None);
         assert_eq!(s.target(), full(0));
         assert!(
             !s.on_frame(delta(0, 2)).forward,
@@ -661,10 +670,28 @@ mod tests {
         s.on_allocation(t0 + ms(99_000), TL0_ONLY);
         assert_eq!(forwarded(&mut s), vec![0, 0]);
         s.on_allocation(t0 + ms(99_100), full(0));
-        s.handle_timeout(hold_end(&s).unwrap());
         assert!(!s.on_frame(delta(0, 1)).forward);
         assert!(s.on_frame(key(0)).forward);
         assert_eq!(forwarded(&mut s), vec![0, 2, 1, 2, 0, 2, 1, 2]);
+    }
+
+    #[test]
+    fn frame_rate_rises_at_once_spatial_rises_after_the_hold() {
+        let t0 = Instant::now();
+        let half = |layer| Some(LayerChoice { layer, temporal: 1 });
+        let mut s = LayerSelector::new(2, &Tuning::default());
+        s.on_allocation(t0, TL0_ONLY);
+        assert!(s.on_frame(key(0)).switched);
+        s.on_allocation(t0 + ms(100), full(0));
+        assert_eq!(s.target(), full(0), "same layer: no hold");
+        s.on_allocation(t0 + ms(200), half(1));
+        assert_eq!(s.target(), full(0), "a new spatial layer waits");
+        let end = hold_end(&s).expect("holding");
+        assert_eq!(end, t0 + ms(200) + Tuning::default().up_hold);
+        s.handle_timeout(end);
+        assert_eq!(s.target(), half(1));
+        s.on_allocation(end + ms(100), full(1));
+        assert_eq!(s.target(), full(1), "frame rate again at once");
     }
 
     #[test]
