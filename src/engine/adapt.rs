@@ -9,6 +9,7 @@ use str0m::bwe::Bitrate;
 
 use crate::bwe::{allocate, LayerBitrate, LayerChoice as Choice, Priority, TrackDemand};
 use crate::media::peer::OutState;
+use crate::media::red;
 use crate::signal::message::{
     LayerChoice, LinkInfo, LinkLevel, MediaKind, Role, ServerMessage, SourceKind, TrackQuality,
 };
@@ -75,6 +76,7 @@ impl Engine {
 
         // Pass 1, read-only: what each received track costs and may take.
         let mut demands = Vec::with_capacity(peer.subscribed.len());
+        let mut red_depth = 1;
         for (index, sub) in peer.subscribed.iter().enumerate() {
             if !matches!(sub.state, OutState::Open(_) | OutState::Negotiating(_)) {
                 continue;
@@ -107,10 +109,18 @@ impl Engine {
             let thumbnail = is_teacher && !is_called_on;
             let redundancy = match sub.kind {
                 // Audio goes out RED-wrapped wherever the client negotiated RED, one to three
-                // levels deep by loss (`media::red`), each level one more payload; counted for
+                // levels deep (`media::red::depth`), each level one more payload; counted for
                 // every client to stay on the safe side.
                 MediaKind::Audio => {
-                    crate::media::red::distances(peer.loss.unwrap_or(0.0)).len() as f64
+                    let audio_bps = layers.first().map_or(AUDIO_DEFAULT_BPS, |l| l.bps);
+                    let depth = red::depth(
+                        peer.loss.unwrap_or(0.0),
+                        peer.overflow.cap_bps().is_some(),
+                        peer.estimate_bps.unwrap_or(self.initial_estimate_bps),
+                        audio_bps,
+                    );
+                    red_depth = red_depth.max(depth);
+                    depth as f64
                 }
                 MediaKind::Video => f64::from(peer.loss.unwrap_or(0.0)).min(0.5),
             };
@@ -136,6 +146,7 @@ impl Engine {
         let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) else {
             return;
         };
+        peer.red_depth = red_depth;
         for (i, demand) in demands.iter().enumerate() {
             let Some(video) = peer
                 .subscribed

@@ -214,7 +214,7 @@ impl Engine {
             let Peer {
                 rtc,
                 subscribed,
-                loss,
+                red_depth,
                 ..
             } = peer;
             let Some(sub) = subscribed
@@ -307,7 +307,7 @@ impl Engine {
                         continue;
                     };
                     let red_payload = pts.red.and_then(|_| {
-                        history.red_payload(*pts.media, red::distances(loss.unwrap_or(0.0)))
+                        history.red_payload(*pts.media, &red::DISTANCES[..*red_depth])
                     });
                     let (pt, payload): (Pt, Arc<[u8]>) = match (pts.red, red_payload) {
                         (Some(red_pt), Some(red)) => (red_pt, Arc::from(red)),

@@ -141,6 +141,8 @@ pub struct Peer {
     /// Latest loss fraction (0..1) and RTT towards this peer, from str0m's peer stats.
     pub loss: Option<f32>,
     pub rtt: Option<std::time::Duration>,
+    /// Redundant audio blocks per packet towards this peer (`media::red::depth`).
+    pub red_depth: usize,
     /// The desired bitrate last given to str0m's estimator (it probes up to it).
     pub bwe_desired: Option<u64>,
     /// The last `quality` report sent to the client.
@@ -166,6 +168,7 @@ impl Peer {
             overflow: Default::default(),
             loss: None,
             rtt: None,
+            red_depth: 1,
             bwe_desired: None,
             last_quality: Vec::new(),
             ice_lost_since: None,

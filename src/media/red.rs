@@ -11,18 +11,25 @@ use str0m::rtp::{RedDecoder, RedEncoder, RedundantBlock};
 /// Deepest redundancy sent (packets back).
 pub const MAX_DISTANCE: usize = 3;
 
-/// How many packets back each redundant block reaches, for a subscriber losing `loss` (0..1).
-/// One level costs one more audio payload. Bursty village loss takes out two or three packets in
-/// a row (a Gilbert-Elliott bad state lasts about three packets), so lossy links get deeper
-/// redundancy; audio is the one thing that must never break.
-pub fn distances(loss: f32) -> &'static [usize] {
-    if loss < 0.02 {
-        &[1]
+/// How far back each redundant block reaches, deepest last; a subscriber gets the first
+/// [`depth()`] of them.
+pub const DISTANCES: [usize; MAX_DISTANCE] = [1, 2, 3];
+
+/// How many redundant blocks a subscriber's audio carries. By loss: one level below 2 %, two
+/// below 8 %, three above (bursty village loss takes out two or three packets in a row; a
+/// Gilbert-Elliott bad state lasts about three). But only one level while the link is
+/// congested (overflowing: redundancy would add to the loss it repairs), and never so deep that
+/// audio takes more than a quarter of the estimate (each level costs one more payload).
+pub fn depth(loss: f32, congested: bool, estimate_bps: u64, audio_bps: u64) -> usize {
+    let by_loss = if congested || loss < 0.02 {
+        1
     } else if loss < 0.08 {
-        &[1, 2]
+        2
     } else {
-        &[1, 2, 3]
-    }
+        3
+    };
+    let affordable = (estimate_bps / 4 / audio_bps.max(1)).saturating_sub(1) as usize;
+    by_loss.min(affordable).max(1)
 }
 
 /// The primary (newest) block of a packet: the payload itself, or the last block of a RED
@@ -110,10 +117,23 @@ mod tests {
     }
 
     #[test]
-    fn deeper_redundancy_for_lossier_links() {
-        assert_eq!(distances(0.0), &[1]);
-        assert_eq!(distances(0.05), &[1, 2]);
-        assert_eq!(distances(0.15), &[1, 2, 3]);
+    fn deeper_redundancy_for_lossier_links_unless_congested_or_too_dear() {
+        let mbit = 1_000_000;
+        assert_eq!(depth(0.0, false, mbit, 32_000), 1);
+        assert_eq!(depth(0.05, false, mbit, 32_000), 2);
+        assert_eq!(depth(0.15, false, mbit, 32_000), 3);
+        assert_eq!(
+            depth(0.15, true, mbit, 32_000),
+            1,
+            "congestion loss: no more traffic"
+        );
+        assert_eq!(
+            depth(0.15, false, 300_000, 32_000),
+            1,
+            "75 kbit/s buys two payloads"
+        );
+        assert_eq!(depth(0.15, false, 400_000, 32_000), 2);
+        assert_eq!(depth(0.15, false, 50_000, 32_000), 1, "one level always");
     }
 
     #[test]
