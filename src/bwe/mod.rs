@@ -66,6 +66,11 @@ pub struct Tuning {
     pub retransmit_window: Duration,
     /// Highest bitrate one outgoing video stream carries (the top simulcast layer with margin).
     pub max_video_bps: u64,
+    /// Oldest a subscriber's queued video may be before only temporal layer 0 is added to it.
+    /// str0m's pacer sends at 1.1 × its estimate and lets up to 2 s queue; when a link collapses,
+    /// the big layer already queued delays the small layer's keyframe by seconds. 250 ms: a few
+    /// frames, well above pacing jitter on a healthy link.
+    pub backlog_brake: Duration,
 }
 
 impl Default for Tuning {
@@ -81,6 +86,7 @@ impl Default for Tuning {
             layer_stale_after: Duration::from_secs(2),
             retransmit_window: Duration::from_secs(1),
             max_video_bps: 2_500_000,
+            backlog_brake: Duration::from_millis(250),
         }
     }
 }

@@ -83,6 +83,8 @@ pub struct LayerSelector {
     current: Option<u8>,
     /// Highest temporal layer forwarded on `current` now.
     forwarded_temporal: u8,
+    /// The subscriber's send queue is backed up: temporal layer 0 only until it drains.
+    backlogged: bool,
 
     rise: Option<Rise>,
     recent_down_steps: u32,
@@ -104,6 +106,7 @@ impl LayerSelector {
             target: None,
             current: None,
             forwarded_temporal: ALL_TEMPORAL,
+            backlogged: false,
             rise: None,
             recent_down_steps: 0,
             last_down_step: None,
@@ -143,6 +146,14 @@ impl LayerSelector {
                 self.rise = None;
             }
         }
+    }
+
+    /// Whether the subscriber's send queue holds more than it can send soon (a link that just
+    /// collapsed, before the estimate has caught up). While it does, only temporal layer 0 is
+    /// added to it: the queue drains at twice the speed and the next keyframe waits less behind
+    /// it; upper layers return at their next sync point.
+    pub fn set_backlogged(&mut self, backlogged: bool) {
+        self.backlogged = backlogged;
     }
 
     /// Take this track's allocation from the latest [`super::allocate()`] run.
@@ -275,6 +286,9 @@ impl LayerSelector {
 
     /// Highest temporal layer allowed on `current` now.
     fn temporal_cap(&self) -> u8 {
+        if self.backlogged {
+            return 0;
+        }
         match (self.target, self.current) {
             (Some(target), Some(current)) if current > target.layer => 0, // leaving this layer: brake
             // Climbing from a lower layer: that one is cheaper than the target at any frame rate.
@@ -692,6 +706,26 @@ mod tests {
         assert_eq!(s.target(), half(1));
         s.on_allocation(end + ms(100), full(1));
         assert_eq!(s.target(), full(1), "frame rate again at once");
+    }
+
+    #[test]
+    fn a_backlog_keeps_temporal_layer_zero_only_until_it_drains() {
+        let t0 = Instant::now();
+        let mut s = flowing(t0, 1);
+        s.set_backlogged(true);
+        assert!(s.on_frame(delta(1, 0)).forward);
+        assert!(!s.on_frame(delta(1, 2)).forward);
+        assert!(!s.on_frame(delta(1, 1)).forward);
+        assert_eq!(s.current().map(|c| c.temporal), Some(0));
+        s.set_backlogged(false);
+        assert!(
+            !s.on_frame(delta(1, 2)).forward,
+            "upper layers may reference dropped frames"
+        );
+        assert!(s.on_frame(sync(1, 1)).forward);
+        assert!(s.on_frame(key(1)).forward);
+        assert!(s.on_frame(delta(1, 2)).forward, "a keyframe restores all");
+        assert_eq!(s.current(), full(1), "no spatial change");
     }
 
     #[test]

@@ -126,8 +126,10 @@ impl Engine {
             keyframes,
             dirty,
             metrics,
+            tuning,
             ..
         } = self;
+        let backlog_brake = tuning.backlog_brake;
         let Some(pub_conn) = conns.get_mut(&publisher) else {
             return;
         };
@@ -245,6 +247,15 @@ impl Engine {
                         }
                         Seen::Forgotten => false,
                         Seen::New => {
+                            let backlog = rtc
+                                .direct_api()
+                                .stream_tx_by_mid(out_mid, None)
+                                .and_then(|tx| tx.queue_info())
+                                .and_then(|q| q.first_unsent())
+                                .map(|oldest| now.saturating_duration_since(oldest));
+                            video
+                                .selector
+                                .set_backlogged(backlog.is_some_and(|b| b > backlog_brake));
                             let decision = video.selector.on_frame(FrameInfo {
                                 layer,
                                 temporal: vp8.temporal,
