@@ -14,7 +14,7 @@ pub const QUEUE_GROWTH: Duration = Duration::from_millis(30);
 /// Intervals shorter than this are too noisy to measure a rate over.
 const MIN_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Per subscriber; fed with each peer-stats report (about once a second).
+/// Per subscriber; fed with each peer-stats report (twice a second).
 #[derive(Debug, Clone, Default)]
 pub struct OverflowDetector {
     last: Option<(Instant, u64)>,

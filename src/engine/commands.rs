@@ -571,7 +571,9 @@ impl Engine {
                     self.tuning.max_video_bps,
                     self.tuning.retransmit_window,
                 ))
-                .set_stats_interval(Some(std::time::Duration::from_secs(1)))
+                // Loss and RTT twice a second: the collapse bound (`bwe::overflow`) reacts within
+                // half a second of a link's capacity dropping.
+                .set_stats_interval(Some(std::time::Duration::from_millis(500)))
                 .build(now);
             for c in candidates {
                 rtc.add_local_candidate(c);
