@@ -17,6 +17,8 @@ pub struct Vp8Packet {
     pub temporal: Option<u8>,
     /// Layer sync (Y): the frame references temporal layer 0 only.
     pub layer_sync: bool,
+    /// The picture id field is 7 bits wide (browsers send 15; some encoders start short).
+    short_picture_id: bool,
 }
 
 impl Vp8Packet {
@@ -26,12 +28,17 @@ impl Vp8Packet {
         let first = payload[0];
         let frame_start = first & 0x10 != 0 && first & 0x07 == 0;
         let (temporal, layer_sync) = temporal_fields(payload);
+        // X and I set, and the first PictureID octet without its M (15-bit) bit.
+        let short_picture_id = first & 0x80 != 0
+            && payload.get(1).is_some_and(|ext| ext & 0x80 != 0)
+            && payload.get(2).is_some_and(|id| id & 0x80 == 0);
         Some(Vp8Packet {
             descriptor,
             frame_start,
             keyframe: descriptor.starts_keyframe(payload),
             temporal,
             layer_sync,
+            short_picture_id,
         })
     }
 
@@ -44,11 +51,12 @@ impl Vp8Packet {
     }
 
     /// The patch that gives this packet `picture_id` and `tl0_pic_idx` on a subscriber's stream;
-    /// `None` if the descriptor lacks the fields (then the packet goes out as it came).
+    /// `None` if the descriptor lacks the fields (then the packet goes out as it came). A 7-bit
+    /// field gets the low 7 bits: receivers unwrap it modulo 128, so it stays continuous.
     pub fn patch(&self, picture_id: Option<u16>, tl0_pic_idx: Option<u8>) -> Option<Vp8Patch> {
         let mut builder = self.descriptor.patch();
         if let Some(p) = picture_id {
-            builder = builder.picture_id(p);
+            builder = builder.picture_id(if self.short_picture_id { p & 0x7F } else { p });
         }
         if let Some(t) = tl0_pic_idx {
             builder = builder.tl0_pic_idx(t);
@@ -135,6 +143,14 @@ mod tests {
         assert!(Vp8Packet::parse(&[]).is_none());
         assert!(Vp8Packet::parse(&[0x90]).is_none());
         assert!(Vp8Packet::parse(&[0x90, 0xE0, 0x80]).is_none());
+    }
+
+    #[test]
+    fn short_picture_ids_get_the_low_seven_bits() {
+        // X, I with a 7-bit picture id 5, then the VP8 header.
+        let p = Vp8Packet::parse(&[0x90, 0x80, 5, 0x00, 0, 0]).unwrap();
+        assert_eq!(p.picture_id(), Some(5));
+        assert!(p.patch(Some(0x1234), None).is_some(), "written modulo 128");
     }
 
     #[test]
