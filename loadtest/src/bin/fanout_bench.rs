@@ -2,13 +2,15 @@
 //! sizes; N village classrooms each receive the audio and one pinned layer. The server runs as
 //! the real `tongbu serve` binary in its own process, so its CPU time and memory are read from
 //! `/proc/<pid>` apart from the synthetic clients (str0m peers from `tests/common`, all in this
-//! process). For each N it prints forwarded RTP packets/s (server metric) and datagrams/s, server CPU, packets per
-//! server CPU-second, server RSS and RSS per subscriber, added latency percentiles (publisher
-//! write → subscriber frame complete, stamped in the payload with the wall clock) and frames lost.
+//! process). For each N it prints what the server says it forwarded (RTP packets/s, or frames/s
+//! from a frame-mode server) and datagrams/s, server CPU, packets per server CPU-second, server
+//! RSS and RSS per subscriber, added latency percentiles (publisher write → subscriber frame
+//! complete, stamped in the payload with the wall clock) and frames lost.
 //!
 //! Run: `cargo build --release -p tongbu -p tongbu-loadtest &&
 //!       $CARGO_TARGET_DIR/release/fanout_bench --subscribers 5,20,50 --secs 30`
-//! (`--server-bin` defaults to `tongbu` next to this executable).
+//! (`--server-bin` defaults to `tongbu` next to this executable; `--compare-server-bin OLD`
+//! runs another build side by side).
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
@@ -42,6 +44,10 @@ struct Args {
     /// The `tongbu` binary; default: next to this executable.
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// Side by side: each N also runs this `tongbu` binary (e.g. an older build), alternating
+    /// with `--server-bin`; rows are labelled by binary.
+    #[arg(long)]
+    compare_server_bin: Option<PathBuf>,
     /// Layer every subscriber pins: low, medium or high.
     #[arg(long, default_value = "medium")]
     layer: String,
@@ -311,7 +317,9 @@ struct Row {
     variant: String,
     n: usize,
     receiving: usize,
-    rtp_out_s: f64,
+    fwd_s: f64,
+    /// What `fwd_s` counts: "RTP" (packets) or "frames" (a frame-mode server).
+    fwd_unit: &'static str,
     pkts_s: f64,
     mbit_s: f64,
     cpu_pct: f64,
@@ -464,8 +472,17 @@ async fn run_one(
 
     let secs = b.at.duration_since(a.at).as_secs_f64();
     let m = |s: &Snapshot, k: &str| s.metrics.get(k).copied().unwrap_or(0.0);
-    let rtp_out = m(&b, "tongbu_media_packets_forwarded_total")
-        - m(&a, "tongbu_media_packets_forwarded_total");
+    // Frame-mode servers count frames, RTP-mode servers packets: report whichever is exposed
+    // (not comparable across the two; the datagram counts and CPU below are).
+    let (fwd_unit, fwd_key) = if b
+        .metrics
+        .contains_key("tongbu_media_packets_forwarded_total")
+    {
+        ("RTP", "tongbu_media_packets_forwarded_total")
+    } else {
+        ("frames", "tongbu_media_frames_forwarded_total")
+    };
+    let fwd = m(&b, fwd_key) - m(&a, fwd_key);
     let bytes =
         m(&b, "tongbu_media_forwarded_bytes_total") - m(&a, "tongbu_media_forwarded_bytes_total");
     let pkts = (b.datagrams - a.datagrams) as f64;
@@ -518,7 +535,8 @@ async fn run_one(
         variant: variant.to_string(),
         n,
         receiving: connected,
-        rtp_out_s: rtp_out / secs,
+        fwd_s: fwd / secs,
+        fwd_unit,
         pkts_s: pkts / secs,
         mbit_s: bytes * 8.0 / secs / 1e6,
         cpu_pct: cpu_s / secs * 100.0,
@@ -553,6 +571,23 @@ fn server_bin(args: &Args) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// File names, or whole paths when two binaries share a file name.
+fn bin_labels(bins: &[PathBuf]) -> Vec<String> {
+    let names: Vec<String> = bins
+        .iter()
+        .map(|b| {
+            b.file_name()
+                .map_or_else(|| b.display().to_string(), |f| f.to_string_lossy().into())
+        })
+        .collect();
+    let distinct = names.iter().collect::<std::collections::HashSet<_>>().len() == names.len();
+    if distinct {
+        names
+    } else {
+        bins.iter().map(|b| b.display().to_string()).collect()
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -562,8 +597,13 @@ async fn main() -> anyhow::Result<()> {
         "fanout_bench: {}",
         std::env::args().collect::<Vec<_>>().join(" ")
     );
+    let compare = args
+        .compare_server_bin
+        .as_ref()
+        .map(|c| format!(" | compared with {}", c.display()))
+        .unwrap_or_default();
     println!(
-        "server: {} | cores: {} | loadavg at start: {}",
+        "server: {}{compare} | cores: {} | loadavg at start: {}",
         bin.display(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load.trim()
@@ -578,20 +618,35 @@ async fn main() -> anyhow::Result<()> {
          latency = publisher write -> subscriber frame complete, ms; \
          kB/sub = (RSS at the end - RSS with the publisher alone) / N"
     );
-    let mut variants = vec![("default".to_string(), args.server_args.clone())];
+    let mut arg_sets = vec![("default".to_string(), args.server_args.clone())];
     if !args.compare_args.is_empty() {
         let mut with = args.server_args.clone();
         with.extend(args.compare_args.iter().cloned());
-        variants.push((args.compare_args.join(" "), with));
+        arg_sets.push((args.compare_args.join(" "), with));
+    }
+    let bins: Vec<PathBuf> = std::iter::once(bin)
+        .chain(args.compare_server_bin.clone())
+        .collect();
+    let bin_labels = bin_labels(&bins);
+    let mut variants = Vec::new();
+    for (bin, bin_label) in bins.iter().zip(&bin_labels) {
+        for (arg_label, server_args) in &arg_sets {
+            let label = match (bins.len() > 1, arg_sets.len() > 1) {
+                (true, true) => format!("{bin_label} {arg_label}"),
+                (true, false) => bin_label.clone(),
+                _ => arg_label.clone(),
+            };
+            variants.push((label, bin, server_args));
+        }
     }
     let mut rows = Vec::new();
     // Variants alternate within each N, so both see the same machine load.
     for &n in &args.subscribers {
-        for (variant, server_args) in &variants {
-            match run_one(&args, &bin, variant, server_args, n).await {
+        for (variant, bin, server_args) in &variants {
+            match run_one(&args, bin, variant, server_args, n).await {
                 Ok(row) => {
                     println!(
-                        "[{}] N={:<3} receiving {:>3} | fwd {:>7.0} RTP/s {:>7.0} pkts/s {:>6.1} Mbit/s | \
+                        "[{}] N={:<3} receiving {:>3} | fwd {:>7.0} {}/s {:>7.0} pkts/s {:>6.1} Mbit/s | \
                      server CPU {:>5.1}% -> {:>6.0} pkts/CPU-s | clients CPU {:>5.1}% | \
                      RSS idle {:.1} MB, publisher only {:.1} MB, loaded {:.1} MB (peak {:.1}), {:.0} kB/sub | \
                      video p50/p95/p99 {:.2}/{:.2}/{:.2} ms, audio {:.2}/{:.2}/{:.2} ms | \
@@ -599,7 +654,8 @@ async fn main() -> anyhow::Result<()> {
                     row.variant,
                     row.n,
                     row.receiving,
-                    row.rtp_out_s,
+                    row.fwd_s,
+                    row.fwd_unit,
                     row.pkts_s,
                     row.mbit_s,
                     row.cpu_pct,
@@ -629,17 +685,18 @@ async fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "| server | N | fwd RTP/s | fwd pkts/s | Mbit/s | server CPU % | pkts per CPU-s | clients CPU % \
+        "| server | N | fwd/s (server metric) | fwd pkts/s | Mbit/s | server CPU % | pkts per CPU-s | clients CPU % \
          | RSS MB | kB per sub | video p50/p95/p99 ms | audio p50/p95/p99 ms | lost video | lost audio |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.0} | {:.2} / {:.2} / {:.2} \
+            "| {} | {} | {:.0} {} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.0} | {:.2} / {:.2} / {:.2} \
              | {:.2} / {:.2} / {:.2} | {} / {} | {} / {} |",
             r.variant,
             r.n,
-            r.rtp_out_s,
+            r.fwd_s,
+            r.fwd_unit,
             r.pkts_s,
             r.mbit_s,
             r.cpu_pct,
@@ -659,7 +716,24 @@ async fn main() -> anyhow::Result<()> {
             r.audio_expected,
         );
     }
-    for (variant, _) in &variants {
+    // CPU per packet against the first variant of the same N (same machine load).
+    for &n in &args.subscribers {
+        let same_n: Vec<&Row> = rows.iter().filter(|r| r.n == n).collect();
+        let Some((first, others)) = same_n.split_first() else {
+            continue;
+        };
+        for r in others {
+            println!(
+                "N={n}: server CPU per packet [{}] {:.1} us / [{}] {:.1} us = {:.2}",
+                r.variant,
+                1e6 / r.pkts_per_cpu_s,
+                first.variant,
+                1e6 / first.pkts_per_cpu_s,
+                first.pkts_per_cpu_s / r.pkts_per_cpu_s
+            );
+        }
+    }
+    for (variant, _, _) in &variants {
         let mine: Vec<&Row> = rows.iter().filter(|r| &r.variant == variant).collect();
         let (Some(first), Some(last)) = (mine.first(), mine.last()) else {
             continue;
