@@ -16,8 +16,8 @@ use str0m::Rtc;
 use crate::bwe::{FrameInfo, LayerRates, MAX_LAYERS};
 use crate::media::frames::Seen;
 use crate::media::peer::{OutPts, OutState, Peer, Published, TrackKey};
-use crate::media::red;
 use crate::media::vp8::Vp8Packet;
+use crate::media::{history, red};
 use crate::signal::message::MediaKind;
 use crate::signal::ConnId;
 
@@ -129,6 +129,7 @@ impl Engine {
             tuning,
             ..
         } = self;
+        let tuning = &*tuning;
         let backlog_brake = tuning.backlog_brake;
         let Some(pub_conn) = conns.get_mut(&publisher) else {
             return;
@@ -230,6 +231,19 @@ impl Engine {
             };
             if sub.pts.is_none() {
                 sub.pts = out_pts(rtc, out_mid, sub.kind);
+                if sub.kind == MediaKind::Video && sub.pts.is_some() {
+                    // Repair only what can still be played: nothing older than the window.
+                    if let Some(tx) = rtc.direct_api().stream_tx_by_mid(out_mid, None) {
+                        tx.set_rtx_cache(
+                            history::video_history_packets(
+                                tuning.max_video_bps,
+                                tuning.retransmit_window,
+                            ),
+                            tuning.retransmit_window,
+                            Some(history::RETRANSMIT_SHARE_CAP),
+                        );
+                    }
+                }
             }
             let Some(pts) = sub.pts else {
                 continue;
