@@ -101,6 +101,12 @@ struct ServeArgs {
     /// Fraction of the estimate handed out (the rest absorbs retransmissions and keyframes).
     #[arg(long, default_value_t = 0.9)]
     headroom: f64,
+    /// Oldest queued video (ms) before a subscriber gets temporal layer 0 only; 0: never.
+    #[arg(long, default_value_t = 250)]
+    backlog_brake_ms: u64,
+    /// Share of a video stream that may be retransmissions before queued resends are dropped.
+    #[arg(long, default_value_t = 0.35)]
+    retransmit_share_cap: f32,
 }
 
 fn load_directory(path: Option<&PathBuf>) -> anyhow::Result<Directory> {
@@ -185,6 +191,10 @@ async fn main() -> anyhow::Result<()> {
                         .map_or(tongbu::bwe::Tuning::default().down_memory, |s| {
                             std::time::Duration::from_secs_f64(s.clamp(0.0, 600.0))
                         }),
+                    backlog_brake: std::time::Duration::from_millis(
+                        args.backlog_brake_ms.min(10_000),
+                    ),
+                    retransmit_share_cap: args.retransmit_share_cap.clamp(0.05, 1.0),
                     ..Default::default()
                 },
                 time_zone: chrono_tz::Asia::Shanghai,

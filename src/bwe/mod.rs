@@ -66,10 +66,16 @@ pub struct Tuning {
     pub retransmit_window: Duration,
     /// Highest bitrate one outgoing video stream carries (the top simulcast layer with margin).
     pub max_video_bps: u64,
+    /// Share of a video stream's bytes that may be retransmissions before str0m drops queued
+    /// resends. str0m's 0.15 sits right at a village link's bursty loss (≈14 %, plus resends
+    /// lost again), where it stopped repairing exactly when repair was needed (bursty freeze
+    /// 86–91 % against 26–30 % with 0.35); 0.35 still keeps a NACK storm from taking the link.
+    /// The allocation counts video repair at the measured loss.
+    pub retransmit_share_cap: f32,
     /// Oldest a subscriber's queued video may be before only temporal layer 0 is added to it.
     /// str0m's pacer sends at 1.1 × its estimate and lets up to 2 s queue; when a link collapses,
     /// the big layer already queued delays the small layer's keyframe by seconds. 250 ms: a few
-    /// frames, well above pacing jitter on a healthy link.
+    /// frames, well above pacing jitter on a healthy link. Zero turns the brake off.
     pub backlog_brake: Duration,
 }
 
@@ -86,6 +92,7 @@ impl Default for Tuning {
             layer_stale_after: Duration::from_secs(2),
             retransmit_window: Duration::from_secs(1),
             max_video_bps: 2_500_000,
+            retransmit_share_cap: 0.35,
             backlog_brake: Duration::from_millis(250),
         }
     }

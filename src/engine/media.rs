@@ -240,7 +240,7 @@ impl Engine {
                                 tuning.retransmit_window,
                             ),
                             tuning.retransmit_window,
-                            Some(history::RETRANSMIT_SHARE_CAP),
+                            Some(tuning.retransmit_share_cap),
                         );
                     }
                 }
@@ -267,9 +267,10 @@ impl Engine {
                                 .and_then(|tx| tx.queue_info())
                                 .and_then(|q| q.first_unsent())
                                 .map(|oldest| now.saturating_duration_since(oldest));
-                            video
-                                .selector
-                                .set_backlogged(backlog.is_some_and(|b| b > backlog_brake));
+                            video.selector.set_backlogged(
+                                !backlog_brake.is_zero()
+                                    && backlog.is_some_and(|b| b > backlog_brake),
+                            );
                             let decision = video.selector.on_frame(FrameInfo {
                                 layer,
                                 temporal: vp8.temporal,

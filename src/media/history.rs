@@ -11,11 +11,6 @@ const PACKET_BYTES: f64 = 1_150.0;
 const MIN_PACKETS: usize = 128;
 /// str0m's own default; more never helps.
 const MAX_PACKETS: usize = 1_000;
-/// Share of a stream's bytes that may be retransmissions before str0m drops queued resends.
-/// str0m's 0.15 sits right at a village link's bursty loss (≈14 %, plus resends lost again), where
-/// it would stop repairing exactly when repair is needed; 0.35 still stops a NACK storm from
-/// taking the link. The allocation counts video repair at the measured loss.
-pub const RETRANSMIT_SHARE_CAP: f32 = 0.35;
 
 /// Packets of history for a stream of at most `max_bps`, repaired within `window`.
 pub fn video_history_packets(max_bps: u64, window: Duration) -> usize {
