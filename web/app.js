@@ -14,13 +14,12 @@
   var MEDIA = {
     teacher: {
       video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30, max: 30 } },
-      // Top layer 2 Mbit/s: at 1 Mbit/s VP8's frame dropper sent a detailed 720p scene at
-      // ~10 fps (uncapped, Chromium sends ~2.5 Mbit/s). Links that cannot take it get it at
-      // half frame rate (temporal layers 0-1, ~1.2 Mbit/s) or the 640 px layer.
+      // Capped so every layer fits a village link: the top layer at 1.2 Mbit/s still leaves
+      // room for audio and courseware on a 2 Mbit/s line (uncapped, Chromium sends ~2.5 Mbit/s).
       encodings: [
         { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
         { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
-        { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 2000000 }
+        { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1200000 }
       ]
     },
     classroom: {

@@ -36,9 +36,8 @@ struct Args {
     #[arg(long, default_value_t = 60.0)]
     seconds: f64,
     /// maxBitrate of the teacher's top simulcast layer, kbit/s (0: Chromium's own, ≈2.5 Mbit/s
-    /// for 720p). 2000, as the teacher page sets it: at 1000 VP8 sends this clip's 720p at
-    /// ≈10 fps, and the freeze figure measures the encoder's frame dropper instead of the link.
-    #[arg(long, default_value_t = 2000)]
+    /// for 720p, which no 2 Mbit/s village link can take).
+    #[arg(long, default_value_t = 1000)]
     teacher_f_kbps: u64,
     /// Extra `tongbu serve` argument for the adaptation runs (repeatable), e.g.
     /// `--serve-arg=--up-hold-max-secs=4`.
