@@ -245,14 +245,19 @@ fn prepare(tracks: &[TrackDemand], tuning: &Tuning) -> Vec<Ladder> {
                 for (i, layer) in usable.iter().enumerate() {
                     let last = steps.last().map_or(0, |s| s.bps);
                     // Higher layers at half their frame rate fill the gap below their full rate
-                    // (a 1 Mbit/s link takes 1280 px at 15 fps rather than 640 px at 30).
-                    if let Some(tl1_bps) = layer.tl1_bps.filter(|_| i > 0) {
-                        let bps = with_repair(tl1_bps);
+                    // (a 2 Mbit/s link takes 1280 px at 15 fps rather than 640 px at 30): TL0+TL1
+                    // of three temporal layers, or TL0 of two.
+                    let half = layer
+                        .tl1_bps
+                        .map(|bps| (1, bps))
+                        .or(layer.tl0_bps.map(|bps| (0, bps)));
+                    if let Some((temporal, partial_bps)) = half.filter(|_| i > 0) {
+                        let bps = with_repair(partial_bps);
                         if bps > last {
                             steps.push(Step {
                                 choice: LayerChoice {
                                     layer: layer.layer,
-                                    temporal: 1,
+                                    temporal,
                                 },
                                 bps,
                             });
@@ -436,6 +441,16 @@ mod tests {
         // A TL1 rate no dearer than the layer below is no step at all.
         let cheap = allocate(800_000, &camera(Some(400_000)), &tuning);
         assert_eq!(choice_of(&cheap, CAMERA), Some(LayerChoice::full(1)));
+        // Two temporal layers: TL0 alone is the half-rate step.
+        let mut two_layers = camera(None);
+        two_layers[1].layers[2].tl0_bps = Some(600_000);
+        assert_eq!(
+            choice_of(&allocate(800_000, &two_layers, &tuning), CAMERA),
+            Some(LayerChoice {
+                layer: 2,
+                temporal: 0
+            })
+        );
         // Enough for everything: the full rate.
         let rich = allocate(2_000_000, &camera(Some(600_000)), &tuning);
         assert_eq!(choice_of(&rich, CAMERA), Some(LayerChoice::full(2)));
