@@ -169,7 +169,7 @@ impl Engine {
             video.selector.on_allocation(now, choice);
         }
         if let Some(a) = &allocation {
-            tracing::trace!(%id, estimate, allocated = a.allocated_bps, desired = a.desired_bps, tracks = ?a.tracks, "allocation");
+            tracing::trace!(%id, estimate, allocated = a.allocated_bps, desired = a.desired_bps, tracks = ?a.tracks, ?demands, "allocation");
         }
         if let Some(a) = allocation {
             let desired = a.desired_bps.max(a.allocated_bps);
