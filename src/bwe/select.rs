@@ -133,6 +133,11 @@ impl LayerSelector {
         })
     }
 
+    /// Whether `layer` is the spatial layer flowing now.
+    pub fn is_current(&self, layer: u8) -> bool {
+        self.current == Some(layer)
+    }
+
     /// Change the cap. Lowering it lowers the target at once (not a congestion step, so no back-off);
     /// raising it takes effect through the next allocations, held like any rise.
     pub fn set_max(&mut self, now: Instant, max_layer: u8) {

@@ -1,7 +1,7 @@
 //! The forwarding path: published tracks appear, RTP packets fan out to subscribers, keyframe
 //! requests go back to publishers. Runs per packet: no locks, no logging; a payload is shared
-//! by every subscriber (str0m patches VP8 picture ids as it sends), only RED audio is built per
-//! subscriber.
+//! by every subscriber (str0m patches VP8 picture ids as it sends); a RED audio payload is built
+//! once per packet for each redundancy depth subscribers need.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use str0m::Rtc;
 use crate::bwe::{FrameInfo, LayerRates, MAX_LAYERS};
 use crate::media::frames::Seen;
 use crate::media::peer::{OutPts, OutState, Peer, Published, TrackKey};
+use crate::media::red::AudioHistory;
 use crate::media::vp8::Vp8Packet;
 use crate::media::{history, red};
 use crate::signal::message::MediaKind;
@@ -165,7 +166,7 @@ impl Engine {
         let layer = track.layers.iter().position(|r| *r == rid).unwrap_or(0) as u8;
         let track_id = track.id;
         // What the packet is: a VP8 packet's descriptor, or an audio packet's primary payload.
-        let (vp8, audio) = match track.kind {
+        let incoming = match track.kind {
             MediaKind::Video => {
                 let Some(vp8) = Vp8Packet::parse(&packet.payload) else {
                     metrics.malformed_rtp.inc();
@@ -177,7 +178,10 @@ impl Engine {
                 if packet.header.marker {
                     metrics.frames_in.inc();
                 }
-                (Some(vp8), None)
+                if vp8.keyframe {
+                    keyframes.on_keyframe(now, track_id, layer);
+                }
+                Incoming::Video(vp8)
             }
             MediaKind::Audio => {
                 let Some(primary) = red::primary(&packet.payload, is_red) else {
@@ -187,14 +191,14 @@ impl Engine {
                 track.rates.on_media(now, 0, None, primary.len());
                 track.audio.push(packet.header.timestamp, primary.clone());
                 metrics.frames_in.inc();
-                (None, Some((primary, std::mem::take(&mut track.audio))))
+                // Lent to the loop below, returned after it (it lives with the publisher's track).
+                let history = std::mem::take(&mut track.audio);
+                Incoming::Audio { primary, history }
             }
         };
-        if let Some(vp8) = &vp8 {
-            if vp8.keyframe {
-                keyframes.on_keyframe(now, track_id, layer);
-            }
-        }
+        // RED payloads by depth, built once per packet for every subscriber of that depth (and
+        // Opus payload type).
+        let mut red_built: [Option<(Pt, Arc<[u8]>)>; red::MAX_DISTANCE] = Default::default();
         // Layers some subscriber needs a keyframe of, as a bitmask.
         let mut wanted_keyframes: u8 = 0;
         let key = TrackKey { publisher, mid };
@@ -248,17 +252,15 @@ impl Engine {
             let Some(pts) = sub.pts else {
                 continue;
             };
-            let write = match (&vp8, &audio) {
-                (Some(vp8), _) => {
+            let (write, bytes) = match &incoming {
+                Incoming::Video(vp8) => {
                     let Some(video) = sub.video.as_mut() else {
                         continue;
                     };
                     let time = packet.time.numer();
                     let forward = match video.frames.lookup(layer, time) {
                         // A late packet of a layer left behind would land in the new one's numbers.
-                        Seen::Decided(forward) => {
-                            forward && video.selector.current().is_some_and(|c| c.layer == layer)
-                        }
+                        Seen::Decided(forward) => forward && video.selector.is_current(layer),
                         Seen::Forgotten => false,
                         Seen::New => {
                             let backlog = rtc
@@ -298,7 +300,7 @@ impl Engine {
                         }
                     };
                     if !forward {
-                        if video.selector.current().is_some_and(|c| c.layer == layer) {
+                        if video.selector.is_current(layer) {
                             // Left out of this subscriber's stream: close the gap behind it.
                             sub.seq.skip(in_seq);
                         }
@@ -323,33 +325,37 @@ impl Engine {
                             write = write.vp8_patch(patch);
                         }
                     }
-                    write
+                    (write, packet.payload.len())
                 }
-                (None, Some((primary, history))) => {
+                Incoming::Audio { primary, history } => {
                     if !sub.seq.started() {
                         sub.seq.rebase(in_seq);
                     }
                     let Some(out_seq) = sub.seq.forward(in_seq) else {
                         continue;
                     };
-                    let red_payload = pts.red.and_then(|_| {
-                        history.red_payload(*pts.media, &red::DISTANCES[..*red_depth])
+                    let red = pts.red.and_then(|red_pt| {
+                        let depth = (*red_depth).clamp(1, red::MAX_DISTANCE);
+                        let built = &mut red_built[depth - 1];
+                        if built.as_ref().is_none_or(|(pt, _)| *pt != pts.media) {
+                            let payload =
+                                history.red_payload(*pts.media, &red::DISTANCES[..depth])?;
+                            *built = Some((pts.media, Arc::from(payload)));
+                        }
+                        built.as_ref().map(|(_, payload)| (red_pt, payload.clone()))
                     });
-                    let (pt, payload): (Pt, Arc<[u8]>) = match (pts.red, red_payload) {
-                        (Some(red_pt), Some(red)) => (red_pt, Arc::from(red)),
-                        _ => (pts.media, primary.clone()),
-                    };
-                    RtpWrite::new(
+                    let (pt, payload) = red.unwrap_or((pts.media, primary.clone()));
+                    let bytes = payload.len();
+                    let write = RtpWrite::new(
                         pt,
                         out_seq.into(),
                         packet.header.timestamp,
                         packet.timestamp,
                         payload,
-                    )
+                    );
+                    (write, bytes)
                 }
-                (None, None) => continue,
             };
-            let bytes = packet.payload.len() as u64;
             let mut api = rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
                 continue;
@@ -360,12 +366,11 @@ impl Engine {
                     .ext_vals(ext_vals.clone()),
             );
             metrics.packets_out.inc();
-            metrics.bytes_out.inc_by(bytes);
+            metrics.bytes_out.inc_by(bytes as u64);
             mark_dirty_in(conns, dirty, sub_id);
         }
 
-        if let Some((_, history)) = audio {
-            // The history was lent to the loop above (it lives with the publisher's track).
+        if let Incoming::Audio { history, .. } = incoming {
             if let Some(track) = conns
                 .get_mut(&publisher)
                 .and_then(|c| c.peer.as_mut())
@@ -437,6 +442,16 @@ impl Engine {
             self.mark_dirty(key.publisher);
         }
     }
+}
+
+/// A publisher's packet, as the forwarding loop needs it.
+enum Incoming {
+    Video(Vp8Packet),
+    /// The newest Opus payload (unwrapped if it came as RED) and the track's recent ones.
+    Audio {
+        primary: Arc<[u8]>,
+        history: AudioHistory,
+    },
 }
 
 /// The payload types a subscriber negotiated for an outgoing m-line of `kind`.

@@ -1,7 +1,7 @@
 //! Audio redundancy (RFC 2198 RED) on the way out: every outgoing audio packet may carry the
 //! one, two or three packets before it, so a village classroom rebuilds lost audio from the
-//! next packet instead of waiting a round trip. How deep depends on the subscriber's measured
-//! loss; publishers may send plain Opus or RED, subscribers get what they negotiated.
+//! next packet instead of waiting a round trip. How deep is decided per subscriber
+//! ([`depth()`]); publishers may send plain Opus or RED, subscribers get what they negotiated.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
