@@ -31,5 +31,8 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "== vendored str0m's unit tests (with tongbu's ULPFEC patch, vendor/str0m/TONGBU.md)"
+CARGO_TARGET_DIR=target/str0m cargo test --manifest-path vendor/str0m/Cargo.toml --lib --quiet
+
 echo "== tests"
 cargo test --workspace --all-targets 2>&1 | tee target/test-output.txt

@@ -107,6 +107,9 @@ struct ServeArgs {
     /// Share of a video stream that may be retransmissions before queued resends are dropped.
     #[arg(long, default_value_t = 0.35)]
     retransmit_share_cap: f32,
+    /// Never send ULPFEC on video (repair by NACK only); for comparison runs.
+    #[arg(long)]
+    no_video_fec: bool,
 }
 
 fn load_directory(path: Option<&PathBuf>) -> anyhow::Result<Directory> {
@@ -195,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
                         args.backlog_brake_ms.min(10_000),
                     ),
                     retransmit_share_cap: args.retransmit_share_cap.clamp(0.05, 1.0),
+                    video_fec: !args.no_video_fec,
                     ..Default::default()
                 },
                 time_zone: chrono_tz::Asia::Shanghai,

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub frames_in: IntCounter,
     pub packets_out: IntCounter,
     pub malformed_rtp: IntCounter,
+    pub fec_packets: IntCounter,
     pub bytes_out: IntCounter,
     pub keyframe_requests: IntCounter,
     pub calls_on: IntCounter,
@@ -104,6 +105,10 @@ impl Metrics {
             malformed_rtp: counter(
                 "tongbu_malformed_rtp_total",
                 "RTP packets from publishers dropped as malformed (bad VP8 descriptor or RED)",
+            ),
+            fec_packets: counter(
+                "tongbu_video_fec_packets_total",
+                "ULPFEC packets queued for subscribers' video",
             ),
             bytes_out: counter(
                 "tongbu_media_forwarded_bytes_total",

@@ -77,6 +77,10 @@ pub struct Tuning {
     /// the big layer already queued delays the small layer's keyframe by seconds. 250 ms: a few
     /// frames, well above pacing jitter on a healthy link. Zero turns the brake off.
     pub backlog_brake: Duration,
+    /// Whether lossy links with long round trips get ULPFEC on their video (`media::fec`), so a
+    /// lost packet is rebuilt on arrival of its FEC packet instead of one NACK round trip later.
+    /// On by default; off only to measure what it does.
+    pub video_fec: bool,
 }
 
 impl Default for Tuning {
@@ -94,6 +98,7 @@ impl Default for Tuning {
             max_video_bps: 2_500_000,
             retransmit_share_cap: 0.35,
             backlog_brake: Duration::from_millis(250),
+            video_fec: true,
         }
     }
 }

@@ -9,7 +9,7 @@ use str0m::bwe::Bitrate;
 
 use crate::bwe::{allocate, LayerBitrate, LayerChoice as Choice, Priority, TrackDemand};
 use crate::media::peer::OutState;
-use crate::media::red;
+use crate::media::{fec, red};
 use crate::signal::message::{
     LayerChoice, LinkInfo, LinkLevel, MediaKind, Role, ServerMessage, SourceKind, TrackQuality,
 };
@@ -77,6 +77,15 @@ impl Engine {
         // Pass 1, read-only: what each received track costs and may take.
         let mut demands = Vec::with_capacity(peer.subscribed.len());
         let mut red_depth = 1;
+        let fec_rate = if self.tuning.video_fec {
+            fec::rate(
+                peer.fec_loss.value(),
+                peer.overflow.cap_bps().is_some(),
+                peer.rtt.map_or(0, |d| d.as_millis() as u32),
+            )
+        } else {
+            0.0
+        };
         for (index, sub) in peer.subscribed.iter().enumerate() {
             if !matches!(sub.state, OutState::Open(_) | OutState::Negotiating(_)) {
                 continue;
@@ -122,7 +131,10 @@ impl Engine {
                     red_depth = red_depth.max(depth);
                     depth as f64
                 }
-                MediaKind::Video => f64::from(peer.loss.unwrap_or(0.0)).min(0.5),
+                // Retransmissions at the measured loss, plus the FEC packets sent for it.
+                MediaKind::Video => {
+                    f64::from(peer.loss.unwrap_or(0.0)).min(0.5) + f64::from(fec_rate)
+                }
             };
             demands.push(TrackDemand {
                 id: index as u64,
@@ -147,6 +159,10 @@ impl Engine {
             return;
         };
         peer.red_depth = red_depth;
+        if (peer.fec_rate > 0.0) != (fec_rate > 0.0) {
+            tracing::info!(%id, fec_rate, loss = peer.fec_loss.value(), rtt = ?peer.rtt, "video FEC {}", if fec_rate > 0.0 { "on" } else { "off" });
+        }
+        peer.fec_rate = fec_rate;
         for (i, demand) in demands.iter().enumerate() {
             let Some(video) = peer
                 .subscribed

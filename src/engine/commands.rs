@@ -566,6 +566,9 @@ impl Engine {
                 // (`media::red` builds it per subscriber).
                 .enable_opus(true, true)
                 .enable_vp8(true)
+                // ULPFEC in RED for video towards lossy, long-RTT links (`media::fec`); str0m
+                // declares it only on m-lines the server sends on.
+                .enable_vp8_ulpfec(true)
                 .enable_bwe(bwe)
                 .set_send_buffer_video(crate::media::history::video_history_packets(
                     self.tuning.max_video_bps,

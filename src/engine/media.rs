@@ -18,7 +18,7 @@ use crate::media::frames::Seen;
 use crate::media::peer::{OutPts, OutState, Peer, Published, TrackKey};
 use crate::media::red::AudioHistory;
 use crate::media::vp8::Vp8Packet;
-use crate::media::{history, red};
+use crate::media::{fec, history, red};
 use crate::signal::message::MediaKind;
 use crate::signal::ConnId;
 
@@ -199,6 +199,9 @@ impl Engine {
         // RED payloads by depth, built once per packet for every subscriber of that depth (and
         // Opus payload type).
         let mut red_built: [Option<(Pt, Arc<[u8]>)>; red::MAX_DISTANCE] = Default::default();
+        // FEC packets to send after a frame, and the empty payload str0m fills in for them.
+        let mut fec_plan: Vec<fec::FecPacket> = Vec::new();
+        let mut fec_payload: Option<Arc<[u8]>> = None;
         // Layers some subscriber needs a keyframe of, as a bitmask.
         let mut wanted_keyframes: u8 = 0;
         let key = TrackKey { publisher, mid };
@@ -222,6 +225,7 @@ impl Engine {
                 rtc,
                 subscribed,
                 red_depth,
+                fec_rate,
                 ..
             } = peer;
             let Some(sub) = subscribed
@@ -252,6 +256,8 @@ impl Engine {
             let Some(pts) = sub.pts else {
                 continue;
             };
+            // Set for a video packet that ends a frame towards a stream in ULPFEC mode.
+            let mut fec_after = None;
             let (write, bytes) = match &incoming {
                 Incoming::Video(vp8) => {
                     let Some(video) = sub.video.as_mut() else {
@@ -312,6 +318,19 @@ impl Engine {
                     let out_time = video.timeline.rewrite(time, now) as u32;
                     let (picture, tl0) =
                         video.pictures.rewrite(vp8.picture_id(), vp8.tl0_pic_idx());
+                    let fec_wanted = pts.red.is_some() && *fec_rate > 0.0;
+                    if fec_wanted != video.fec_on {
+                        if let Some(tx) = rtc.direct_api().stream_tx_by_mid(out_mid, None) {
+                            tx.set_ulpfec(fec_wanted);
+                            video.fec_on = fec_wanted;
+                        }
+                    }
+                    if video.fec_on {
+                        video.fec.on_media(out_seq);
+                        if packet.header.marker {
+                            fec_after = pts.red.map(|red_pt| (red_pt, out_time));
+                        }
+                    }
                     let mut write = RtpWrite::new(
                         pts.media,
                         out_seq.into(),
@@ -367,6 +386,23 @@ impl Engine {
             );
             metrics.packets_out.inc();
             metrics.bytes_out.inc_by(bytes as u64);
+            if let (Some((red_pt, out_time)), Some(video)) = (fec_after, sub.video.as_mut()) {
+                // The frame is complete: its FEC packets follow it, numbered right after it.
+                video.fec.on_frame_end(*fec_rate, &mut fec_plan);
+                for fec in fec_plan.drain(..) {
+                    let Some(fec_seq) = sub.seq.insert_after(in_seq) else {
+                        break;
+                    };
+                    let empty = fec_payload
+                        .get_or_insert_with(|| Arc::from(&[][..]))
+                        .clone();
+                    tx.write_rtp(
+                        RtpWrite::new(red_pt, fec_seq.into(), out_time, packet.timestamp, empty)
+                            .ulpfec(fec.base.into(), fec.mask),
+                    );
+                    metrics.fec_packets.inc();
+                }
+            }
             mark_dirty_in(conns, dirty, sub_id);
         }
 
@@ -467,8 +503,11 @@ fn out_pts(rtc: &Rtc, mid: Mid, kind: MediaKind) -> Option<OutPts> {
         .find(|p| p.spec().codec == codec && remote.contains(&p.pt()))?;
     Some(OutPts {
         media: params.pt(),
-        // str0m folds RED onto the codec's params only where the peer negotiated it.
-        red: params.red(),
+        // str0m folds RED onto the codec's params only where the peer negotiated it; on video
+        // only together with ULPFEC.
+        red: params
+            .red()
+            .filter(|_| kind == MediaKind::Audio || params.ulpfec().is_some()),
     })
 }
 

@@ -577,6 +577,9 @@ impl Engine {
                 if let Some(conn) = self.conns.get_mut(&id) {
                     if let Some(peer) = conn.peer.as_mut() {
                         peer.loss = stats.egress_loss_fraction;
+                        if let Some(loss) = stats.egress_loss_fraction {
+                            peer.fec_loss.on_report(loss);
+                        }
                         peer.rtt = stats.rtt;
                         peer.overflow.on_stats(
                             stats.timestamp,

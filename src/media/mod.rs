@@ -1,6 +1,7 @@
 //! Media: peers, what each subscriber receives, and how forwarded packets are rewritten into
 //! one continuous stream per subscriber.
 
+pub mod fec;
 pub mod frames;
 pub mod history;
 pub mod peer;

@@ -16,6 +16,7 @@ use crate::signal::ConnId;
 
 use crate::bwe::{LayerRates, LayerSelector};
 
+use super::fec::{FecPlanner, LossMemory};
 use super::frames::FrameMemory;
 use super::red::AudioHistory;
 use super::rewrite::{PictureIds, SeqRewriter};
@@ -84,6 +85,10 @@ pub struct VideoOut {
     pub timeline: RtpTimeline,
     pub pictures: PictureIds,
     pub frames: FrameMemory,
+    /// Which packets the next FEC packets protect.
+    pub fec: FecPlanner,
+    /// Whether the stream is in ULPFEC mode (media in RED).
+    pub fec_on: bool,
 }
 
 impl VideoOut {
@@ -93,6 +98,8 @@ impl VideoOut {
             timeline: RtpTimeline::default(),
             pictures: PictureIds::default(),
             frames: FrameMemory::default(),
+            fec: FecPlanner::default(),
+            fec_on: false,
         }
     }
 }
@@ -102,7 +109,8 @@ impl VideoOut {
 pub struct OutPts {
     /// VP8 or Opus.
     pub media: str0m::media::Pt,
-    /// RFC 2198 RED wrapping the media, if the subscriber accepted it.
+    /// RFC 2198 RED wrapping the media, if the subscriber accepted it. On video it is there only
+    /// with ULPFEC, as its carrier.
     pub red: Option<str0m::media::Pt>,
 }
 
@@ -143,6 +151,10 @@ pub struct Peer {
     pub rtt: Option<std::time::Duration>,
     /// Redundant audio blocks per packet towards this peer (`media::red::depth`).
     pub red_depth: usize,
+    /// Video FEC packets per media packet towards this peer (`media::fec::rate`).
+    pub fec_rate: f32,
+    /// The loss that rate follows: rises at once, falls slowly.
+    pub fec_loss: LossMemory,
     /// The desired bitrate last given to str0m's estimator (it probes up to it).
     pub bwe_desired: Option<u64>,
     /// The last `quality` report sent to the client.
@@ -169,6 +181,8 @@ impl Peer {
             loss: None,
             rtt: None,
             red_depth: 1,
+            fec_rate: 0.0,
+            fec_loss: LossMemory::default(),
             bwe_desired: None,
             last_quality: Vec::new(),
             ice_lost_since: None,

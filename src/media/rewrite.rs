@@ -56,16 +56,49 @@ impl SeqRewriter {
         if in_seq > self.highest_in + RESTART_JUMP || in_seq + RESTART_JUMP < start {
             self.rebase(in_seq);
         }
-        let offset = self
-            .ranges
-            .iter()
-            .rev()
-            .find(|(start, _)| *start <= in_seq)?
-            .1;
+        let offset = self.offset_at(in_seq)?;
         let out = u64::try_from(in_seq as i64 + offset).ok()?;
         self.highest_in = self.highest_in.max(in_seq);
         self.next_out = self.next_out.max(out + 1);
         Some(out)
+    }
+
+    /// Reserves the outgoing number right after the newest forwarded packet `in_seq` for a packet
+    /// of the server's own (a FEC packet); later packets shift up by one. `None` if `in_seq` is
+    /// not the newest packet seen (a late one: the slot after it is taken).
+    pub fn insert_after(&mut self, in_seq: u64) -> Option<u64> {
+        if in_seq != self.highest_in {
+            return None;
+        }
+        let offset = self.offset_at(in_seq)?;
+        let newest_out = u64::try_from(in_seq as i64 + offset).ok()?;
+        // After an earlier insertion behind the same packet, the next number is further on.
+        let reserved = self.next_out.max(newest_out + 1);
+        if self
+            .ranges
+            .back()
+            .is_some_and(|(start, _)| *start == in_seq + 1)
+        {
+            self.ranges.pop_back();
+        }
+        // The packet after `in_seq` goes out right after the reserved number.
+        self.ranges
+            .push_back((in_seq + 1, reserved as i64 - in_seq as i64));
+        if self.ranges.len() > MAX_RANGES {
+            self.ranges.pop_front();
+        }
+        self.next_out = self.next_out.max(reserved + 1);
+        Some(reserved)
+    }
+
+    /// The offset of the range `in_seq` falls in.
+    fn offset_at(&self, in_seq: u64) -> Option<i64> {
+        let (_, offset) = self
+            .ranges
+            .iter()
+            .rev()
+            .find(|(start, _)| *start <= in_seq)?;
+        Some(*offset)
     }
 
     /// A packet of the current source that this subscriber does not get.
@@ -177,6 +210,25 @@ mod tests {
         // A late packet of a skipped frame changes nothing.
         seq.skip(12);
         assert_eq!(seq.forward(16), Some(4));
+    }
+
+    #[test]
+    fn inserted_packets_take_a_number_and_late_packets_keep_theirs() {
+        let mut seq = SeqRewriter::new(0);
+        seq.rebase(10);
+        assert_eq!(seq.forward(10), Some(0));
+        assert_eq!(seq.forward(12), Some(2), "11 lost upstream: hole at 1");
+        assert_eq!(seq.insert_after(12), Some(3));
+        assert_eq!(seq.insert_after(12), Some(4), "a second one follows");
+        assert_eq!(seq.forward(13), Some(5));
+        assert_eq!(
+            seq.forward(11),
+            Some(1),
+            "the retransmission fills its own hole"
+        );
+        assert_eq!(seq.insert_after(11), None, "not the newest");
+        seq.skip(14);
+        assert_eq!(seq.forward(15), Some(6), "skips still close gaps");
     }
 
     #[test]

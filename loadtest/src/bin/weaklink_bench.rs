@@ -29,7 +29,8 @@ struct Args {
     /// Profiles to run, comma-separated: village4g, collapse, bursty, satellite.
     #[arg(long, default_value = "village4g,collapse,bursty,satellite")]
     profiles: String,
-    /// Modes: adapt (default server) and/or baseline (--no-adaptation).
+    /// Modes: adapt (default server), nofec (adapt with --no-video-fec) and/or baseline
+    /// (--no-adaptation).
     #[arg(long, default_value = "adapt,baseline")]
     modes: String,
     /// Seconds measured per profile (collapse always runs 75 s: its schedule needs them).
@@ -161,6 +162,11 @@ fn main() -> anyhow::Result<()> {
         for mode in args.modes.split(',').filter(|s| !s.is_empty()) {
             let (serve_args, mode_label) = match mode.trim() {
                 "adapt" => (args.serve_args.clone(), "adapt"),
+                "nofec" => {
+                    let mut a = args.serve_args.clone();
+                    a.push("--no-video-fec".into());
+                    (a, "no-fec")
+                }
                 "baseline" => (vec!["--no-adaptation".to_string()], "no-adapt"),
                 other => bail!("unknown mode {other}"),
             };

@@ -321,6 +321,12 @@ impl RtcConfig {
         self
     }
 
+    /// Offer RED + ULPFEC for VP8 (tongbu patch); call after `enable_vp8`.
+    pub fn enable_vp8_ulpfec(mut self, enabled: bool) -> Self {
+        self.codec_config.enable_vp8_ulpfec(enabled);
+        self
+    }
+
     /// Enable H264 video codec.
     ///
     /// Enabled by default.

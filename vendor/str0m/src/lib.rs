@@ -797,6 +797,7 @@ pub mod rtp {
     pub use crate::rtp_::{RtpHeader, SeqNo, Ssrc, VideoOrientation};
     pub use crate::streams::{
         RtpPacket, RtpWrite, StreamPaused, StreamRx, StreamTx, StreamTxQueueInfo,
+        ULPFEC_MAX_PROTECTED,
     };
 
     /// Debug output of the unencrypted RTP and RTCP packets.

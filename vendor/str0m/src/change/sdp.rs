@@ -1482,18 +1482,31 @@ impl AsSdpMediaLine for Media {
         let mut pts = vec![];
 
         for p in effective_params {
-            let p = *p;
+            let mut p = *p;
+            // tongbu patch: str0m has no ULPFEC decoder, so video RED/ULPFEC are declared only
+            // where we send; a remote sending on this m-line then keeps to plain packets.
+            if p.spec.codec.is_video() && !self.direction().is_sending() {
+                p.red = None;
+                p.ulpfec = None;
+            }
             p.as_media_attrs(&mut attrs);
 
             // The pts that will be advertised in the SDP. A negotiated RED goes before its
             // primary: libwebrtc enables RED only when it precedes the selected audio codec.
             // RED is kept only when both sides offer it (`PayloadParams::update_param`).
-            if let Some(red) = p.red() {
+            let audio_red = p.red().filter(|_| p.spec.codec.is_audio());
+            if let Some(red) = audio_red {
                 pts.push(red);
             }
             pts.push(p.pt());
             if let Some(rtx) = p.resend() {
                 pts.push(rtx);
+            }
+            // Video RED and ULPFEC follow the codecs, as libwebrtc lists them.
+            if let (Some(red), Some(ulpfec)) = (p.red().filter(|_| audio_red.is_none()), p.ulpfec())
+            {
+                pts.push(red);
+                pts.push(ulpfec);
             }
         }
 

@@ -88,6 +88,9 @@ pub enum Codec {
     /// it appears in `a=rtpmap` lines and wraps a primary audio codec.
     #[doc(hidden)]
     Red,
+    /// RFC 5109 ULPFEC, carried inside video RED (tongbu patch). Not a codec either.
+    #[doc(hidden)]
+    Ulpfec,
     /// For RTP mode. No codec.
     #[doc(hidden)]
     Null,
@@ -143,8 +146,9 @@ impl<'a> From<&'a str> for Codec {
             "vp9" => Codec::Vp9,
             "av1" => Codec::Av1,
             "telephone-event" => Codec::Tele,
-            "rtx" => Codec::Rtx, // resends
-            "red" => Codec::Red, // RFC 2198 redundancy
+            "rtx" => Codec::Rtx,       // resends
+            "red" => Codec::Red,       // RFC 2198 redundancy
+            "ulpfec" => Codec::Ulpfec, // RFC 5109 FEC inside video RED
             _ => Codec::Unknown,
         }
     }
@@ -168,6 +172,7 @@ impl fmt::Display for Codec {
             Codec::Tele => write!(f, "telephone-event"),
             Codec::Rtx => write!(f, "rtx"),
             Codec::Red => write!(f, "red"),
+            Codec::Ulpfec => write!(f, "ulpfec"),
             Codec::Null => write!(f, "null"),
             Codec::Unknown => write!(f, "unknown"),
         }

@@ -67,6 +67,10 @@ pub(crate) const PT_PCMU_RED: Pt = Pt::new_with_value(61);
 pub(crate) const PT_PCMA_RED: Pt = Pt::new_with_value(60);
 
 /// Default payload type for AMR-WB.
+/// Video RED and ULPFEC (tongbu patch), shared by the video codec they are enabled for.
+pub(crate) const PT_VIDEO_RED: Pt = Pt::new_with_value(116);
+pub(crate) const PT_VIDEO_ULPFEC: Pt = Pt::new_with_value(117);
+
 pub(crate) const PT_AMR_WB: Pt = Pt::new_with_value(122);
 
 /// Session config for all codecs.
@@ -150,6 +154,7 @@ impl CodecConfig {
             fb_pli,
             fb_remb,
             red: None,
+            ulpfec: None,
             locked: false,
         };
 
@@ -382,6 +387,17 @@ impl CodecConfig {
             None,
             FormatParams::default(),
         )
+    }
+
+    /// Offer RED with ULPFEC (RFC 2198 + RFC 5109) for VP8 (tongbu patch).
+    ///
+    /// Only the send direction uses it: the SDP leaves the pair out of m-lines str0m receives on,
+    /// since str0m has no ULPFEC decoder. See `StreamTx::set_ulpfec`.
+    pub fn enable_vp8_ulpfec(&mut self, enabled: bool) {
+        if let Some(p) = self.params.iter_mut().find(|p| p.spec.codec == Codec::Vp8) {
+            p.red = enabled.then_some(PT_VIDEO_RED);
+            p.ulpfec = enabled.then_some(PT_VIDEO_ULPFEC);
+        }
     }
 
     /// Add a default H264 payload type.
@@ -621,6 +637,10 @@ impl CodecConfig {
             if let Some(red) = p.red {
                 claimed.assert_claim_once(red);
             }
+
+            if let Some(ulpfec) = p.ulpfec {
+                claimed.assert_claim_once(ulpfec);
+            }
         }
 
         // Collect all currently unlocked PTs since we will need to avoid them when reassigning.
@@ -628,7 +648,7 @@ impl CodecConfig {
             .params
             .iter()
             .filter(|p| !p.locked)
-            .flat_map(|p| [Some(p.pt()), p.resend(), p.red()])
+            .flat_map(|p| [Some(p.pt()), p.resend(), p.red(), p.ulpfec()])
             .flatten()
             .collect::<HashSet<_>>();
 
@@ -681,6 +701,23 @@ impl CodecConfig {
                         // RED is opt-in; drop it rather than panic if no PT is free.
                         None => {
                             debug!("No free PT for RED; dropping it");
+                            p.red = None;
+                        }
+                    }
+                }
+            }
+
+            // ULPFEC likewise; without it video RED has no use, so both go.
+            if let Some(ulpfec) = p.ulpfec {
+                if claimed.is_claimed(ulpfec) {
+                    match claimed.find_unclaimed(PREFERED_RANGES, &unlocked) {
+                        Some(new_ulpfec) => {
+                            p.ulpfec = Some(new_ulpfec);
+                            claimed.assert_claim_once(new_ulpfec);
+                            unlocked.remove(&new_ulpfec);
+                        }
+                        None => {
+                            p.ulpfec = None;
                             p.red = None;
                         }
                     }

@@ -108,6 +108,10 @@ pub struct PayloadParams {
     /// Like `resend`, this links a secondary PT to this primary via SDP.
     pub(crate) red: Option<Pt>,
 
+    /// The RFC 5109 ULPFEC payload type carried inside this video codec's RED (tongbu patch).
+    /// Video RED and ULPFEC are one pair: both are kept or neither.
+    pub(crate) ulpfec: Option<Pt>,
+
     /// Whether the payload is locked by negotiation or can still be debated.
     ///
     /// If we make an OFFER or ANSWER and the direction is sendrecv/recvonly, the parameters are locked
@@ -128,6 +132,7 @@ impl PartialEq for PayloadParams {
             && self.fb_fir == other.fb_fir
             && self.fb_remb == other.fb_remb
             && self.red == other.red
+            && self.ulpfec == other.ulpfec
     }
 }
 
@@ -174,6 +179,7 @@ impl PayloadParams {
             fb_remb: is_video,
 
             red: None,
+            ulpfec: None,
             locked: false,
         }
     }
@@ -202,6 +208,7 @@ impl PayloadParams {
             fb_fir: false,
             fb_remb: false,
             red: None,
+            ulpfec: None,
             locked: false,
         }
     }
@@ -275,6 +282,11 @@ impl PayloadParams {
     /// The RFC 2198 RED payload type wrapping this primary codec, if negotiated.
     pub fn red(&self) -> Option<Pt> {
         self.red
+    }
+
+    /// The ULPFEC payload type carried inside this video codec's RED, if negotiated.
+    pub fn ulpfec(&self) -> Option<Pt> {
+        self.ulpfec
     }
 
     pub(crate) fn match_score(&self, o: &PayloadParams) -> Option<usize> {
@@ -839,41 +851,59 @@ impl PayloadParams {
             // codecs mapped to the same PT), so resolve any collision before claiming it. The
             // collision check runs regardless of who controls PT allocation: only the resolution
             // differs, and claiming the same PT twice would panic.
-            let mut remote_red = self
-                .red
-                .and(first.red)
-                .filter(|_| self.spec.codec.is_audio());
-            if let Some(red) = remote_red {
-                if claimed.is_claimed(red) {
-                    if local_is_controlling {
-                        // We control PT allocation: remap the conflicting RED to a free PT.
-                        if let Some(new_red) = claimed.find_unclaimed(PREFERED_RANGES, unlocked) {
-                            debug!("Remapped conflicting RED PT {:?} => {}", red, new_red);
-                            remote_red = Some(new_red);
-                            unlocked.remove(&new_red);
-                        } else {
-                            // RED is opt-in; drop it rather than panic if no PT is free.
-                            debug!("No free PT for RED; dropping it");
-                            remote_red = None;
-                        }
-                    } else {
-                        // The remote dictated the PTs and mapped a RED PT that is already taken.
-                        // We can't reassign PTs the remote controls, and RED is opt-in, so drop it
-                        // rather than claim the same PT twice (which would panic).
-                        debug!("Conflicting remote RED PT {:?}; dropping it", red);
-                        remote_red = None;
-                    }
-                }
-            }
-            self.red = remote_red;
-            if let Some(red) = remote_red {
-                claimed.assert_claim_once(red);
+            let remote_red = if self.spec.codec.is_audio() {
+                self.red.and(first.red)
+            } else if self.spec.codec.is_video() {
+                // tongbu patch: video RED exists here only as ULPFEC's carrier, so the pair is
+                // kept when both sides have both, and dropped together otherwise.
+                let pair = self.red.is_some()
+                    && self.ulpfec.is_some()
+                    && first.red.is_some()
+                    && first.ulpfec.is_some();
+                first.red.filter(|_| pair)
+            } else {
+                None
+            };
+            self.red = settle_secondary_pt(remote_red, claimed, local_is_controlling, unlocked);
+            let remote_ulpfec = first
+                .ulpfec
+                .filter(|_| self.red.is_some() && self.ulpfec.is_some());
+            self.ulpfec =
+                settle_secondary_pt(remote_ulpfec, claimed, local_is_controlling, unlocked);
+            if self.ulpfec.is_none() && self.spec.codec.is_video() {
+                self.red = None;
             }
 
             // This is now locked.
             self.locked = true;
         }
     }
+}
+
+/// Claim a secondary PT (RED, ULPFEC) that rides next to a primary, resolving a collision the
+/// way RED always has: remap it when we control the PTs, otherwise drop it (both are opt-in).
+fn settle_secondary_pt(
+    remote: Option<Pt>,
+    claimed: &mut [bool; 128],
+    local_is_controlling: bool,
+    unlocked: &mut HashSet<Pt>,
+) -> Option<Pt> {
+    let mut pt = remote?;
+    if claimed.is_claimed(pt) {
+        if !local_is_controlling {
+            debug!("Conflicting remote secondary PT {:?}; dropping it", pt);
+            return None;
+        }
+        let Some(new_pt) = claimed.find_unclaimed(PREFERED_RANGES, unlocked) else {
+            debug!("No free PT for secondary {:?}; dropping it", pt);
+            return None;
+        };
+        debug!("Remapped conflicting secondary PT {:?} => {}", pt, new_pt);
+        unlocked.remove(&new_pt);
+        pt = new_pt;
+    }
+    claimed.assert_claim_once(pt);
+    Some(pt)
 }
 
 #[cfg(test)]

@@ -455,6 +455,21 @@ impl MediaLine {
                 }
             }
 
+            // tongbu patch: video RED and ULPFEC are m-line wide (no fmtp ties them to a codec)
+            // and are kept only as a pair.
+            if p.spec.codec.is_video() {
+                let find = |codec| {
+                    rtp_maps
+                        .iter()
+                        .find(|(_, c)| c.codec == codec)
+                        .map(|(pt, _)| *pt)
+                };
+                if let (Some(red), Some(ulpfec)) = (find(Codec::Red), find(Codec::Ulpfec)) {
+                    p.red = Some(red);
+                    p.ulpfec = Some(ulpfec);
+                }
+            }
+
             // rtcp feedback mechanisms
             for (pt, value) in fbs.iter() {
                 if **pt == p.pt {
@@ -1339,9 +1354,23 @@ impl PayloadParams {
                     channels: self.spec.channels,
                 },
             });
-            attrs.push(MediaAttribute::Fmtp {
+            // Video RED (ULPFEC's carrier) has no fmtp: it may wrap any codec of the m-line.
+            if self.spec.codec.is_audio() {
+                attrs.push(MediaAttribute::Fmtp {
+                    pt,
+                    values: vec![FormatParam::Red(self.pt)],
+                });
+            }
+        }
+
+        if let Some(pt) = self.ulpfec {
+            attrs.push(MediaAttribute::RtpMap {
                 pt,
-                values: vec![FormatParam::Red(self.pt)],
+                value: RtpMap {
+                    codec: Codec::Ulpfec,
+                    clock_rate: self.spec.rtp_clock_rate(),
+                    channels: None,
+                },
             });
         }
     }

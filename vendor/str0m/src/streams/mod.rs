@@ -29,6 +29,8 @@ pub(crate) mod rtx_cache_buf;
 mod send;
 mod send_queue;
 mod send_stats;
+mod ulpfec;
+pub use self::ulpfec::ULPFEC_MAX_PROTECTED;
 
 pub(crate) use send::{DEFAULT_RTX_CACHE_DURATION, DEFAULT_RTX_RATIO_CAP};
 

@@ -30,6 +30,7 @@ use super::RtpPacket;
 use super::rtx_cache::RtxCache;
 use super::send_queue::SendQueue;
 use super::send_stats::StreamTxStats;
+use super::ulpfec::UlpfecSender;
 
 /// The smallest size of padding for which we attempt to use a spurious resend. For padding
 /// requests smaller than this we use blank packets instead.
@@ -179,6 +180,9 @@ pub struct StreamTx {
 
     /// MTU warn threshold; used to cap spurious-padding RTX cache lookups.
     mtu_warn: usize,
+
+    /// tongbu patch: while set, video goes out in RED and the application may add ULPFEC.
+    ulpfec: Option<UlpfecSender>,
 }
 
 /// RTP packet data to enqueue on a direct RTP send stream.
@@ -200,6 +204,7 @@ pub struct RtpWrite {
     csrc_count: usize,
     csrc: [u32; 15],
     vp8_patch: Option<Vp8Patch>,
+    ulpfec: Option<(SeqNo, u64)>,
 }
 
 impl RtpWrite {
@@ -305,6 +310,7 @@ impl RtpWrite {
             csrc_count: 0,
             csrc: [0; 15],
             vp8_patch: None,
+            ulpfec: None,
         }
     }
 
@@ -349,6 +355,16 @@ impl RtpWrite {
         self.vp8_patch = Some(patch);
         self
     }
+
+    /// tongbu patch: make this an ULPFEC packet protecting `base + i` for each bit `i` of `mask`
+    /// (bit 0 is `base`; at most `ULPFEC_MAX_PROTECTED` apart), computed when it is sent over
+    /// those packets as they went out. `pt` must be the video RED PT, the payload empty, and
+    /// the stream in ULPFEC mode (`StreamTx::set_ulpfec`). Protected packets that did not go
+    /// out in RED are left out; if none did, the packet is not sent.
+    pub fn ulpfec(mut self, base: SeqNo, mask: u64) -> Self {
+        self.ulpfec = Some((base, mask));
+        self
+    }
 }
 
 impl StreamTx {
@@ -390,6 +406,7 @@ impl StreamTx {
             remote_acked_ssrc: false,
             remote_acked_rtx_ssrc: false,
             mtu_warn,
+            ulpfec: None,
         }
     }
 
@@ -487,6 +504,20 @@ impl StreamTx {
         self.unpaced = Some(unpaced);
     }
 
+    /// tongbu patch: send this video stream's packets in RED so that ULPFEC packets
+    /// (`RtpWrite::ulpfec`) can protect them. Needs RED and ULPFEC negotiated for the codec
+    /// (`PayloadParams::ulpfec`); otherwise packets go out as before. Resends stay plain RTX.
+    pub fn set_ulpfec(&mut self, enabled: bool) {
+        if enabled != self.ulpfec.is_some() {
+            self.ulpfec = enabled.then(UlpfecSender::default);
+        }
+    }
+
+    /// Whether this stream is in ULPFEC mode.
+    pub fn ulpfec_enabled(&self) -> bool {
+        self.ulpfec.is_some()
+    }
+
     /// Write RTP packet to a send stream.
     ///
     /// The write command carries the RTP payload and optional RTP metadata.
@@ -503,7 +534,12 @@ impl StreamTx {
             csrc_count,
             csrc,
             vp8_patch,
+            ulpfec,
         } = rtp;
+
+        if let (Some((base, mask)), Some(fec)) = (ulpfec, self.ulpfec.as_mut()) {
+            fec.queue(seq_no, base, mask);
+        }
 
         let first_call = self.rtp_and_wallclock.is_none();
 
@@ -567,6 +603,23 @@ impl StreamTx {
         params: &[PayloadParams],
         buf: &mut Vec<u8>,
     ) -> Option<PacketReceipt> {
+        // Taken out for the duration so that it can be used while the polled packet borrows
+        // the queues; nothing else can touch it meanwhile (`&mut self`).
+        let mut ulpfec = self.ulpfec.take();
+        let receipt = self.poll_packet_inner(now, exts, twcc, params, buf, ulpfec.as_mut());
+        self.ulpfec = ulpfec;
+        receipt
+    }
+
+    fn poll_packet_inner(
+        &mut self,
+        now: Instant,
+        exts: &ExtensionMap,
+        twcc: Option<&mut u64>,
+        params: &[PayloadParams],
+        buf: &mut Vec<u8>,
+        mut ulpfec: Option<&mut UlpfecSender>,
+    ) -> Option<PacketReceipt> {
         let mid = self.midrid.mid();
         let rid = self.midrid.rid();
         let is_probe = self.ssrc.is_probe();
@@ -626,6 +679,27 @@ impl StreamTx {
             return None;
         };
 
+        // tongbu patch: in ULPFEC mode a regular video packet goes out in RED (`wrap`), and a
+        // packet the application queued as FEC gets its parity now (`fec_pt`).
+        let video_fec = param
+            .red()
+            .zip(param.ulpfec())
+            .filter(|_| param.spec().codec.is_video() && ulpfec.is_some());
+        let regular = next.kind == NextPacketKind::Regular;
+        let wrap = regular && video_fec.is_some() && pt_main == param.pt();
+        let is_fec_slot = regular && param.spec().codec.is_video() && param.red() == Some(pt_main);
+        let fec_pt = video_fec
+            .filter(|_| is_fec_slot)
+            .filter(|_| ulpfec.as_ref().is_some_and(|f| f.is_queued(next.seq_no)))
+            .map(|(_, ulpfec_pt)| ulpfec_pt);
+        if is_fec_slot && fec_pt.is_none() {
+            // A FEC packet for a stream no longer in ULPFEC mode: nothing to send.
+            if pop_send_queue {
+                self.send_queue.pop(now);
+            }
+            return None;
+        }
+
         let mut set_pt_for_padding = None;
         let mut set_cr = None;
 
@@ -664,7 +738,12 @@ impl StreamTx {
                 // Modify the original (and also cached) header value.
                 header_ref.ext_vals.rid_repair = None;
 
-                header_ref.clone()
+                let mut header = header_ref.clone();
+                if let (true, Some((red_pt, _))) = (wrap, video_fec) {
+                    // Only what goes on the wire: the cached packet stays plain for RTX.
+                    header.payload_type = red_pt;
+                }
+                header
             }
             NextPacketKind::Blank(_) if is_probe => {
                 // Non-media probes use their negotiated main PT and own sequence
@@ -735,6 +814,32 @@ impl StreamTx {
         let pkt = &next.pkt;
 
         let body_len = match next.kind {
+            NextPacketKind::Regular if fec_pt.is_some() => {
+                let built = match (ulpfec.as_deref_mut(), fec_pt) {
+                    (Some(fec), Some(fec_pt)) => fec.build(next.seq_no, fec_pt, body_out),
+                    _ => None,
+                };
+                let Some(len) = built else {
+                    // Nothing it protected went out in RED.
+                    if pop_send_queue {
+                        self.send_queue.pop(now);
+                    }
+                    return None;
+                };
+                len
+            }
+            NextPacketKind::Regular if wrap => {
+                // RED header of a single block: the media PT.
+                body_out[0] = *pt_main & 0x7f;
+                let body_len = pkt.payload.len();
+                let body = &mut body_out[1..1 + body_len];
+                if let Some(patch) = pkt.vp8_patch.as_ref() {
+                    patch.copy_to(pkt.payload.as_ref(), body);
+                } else {
+                    body.copy_from_slice(pkt.payload.as_ref());
+                }
+                body_len + 1
+            }
             NextPacketKind::Regular | NextPacketKind::Resend(_) => {
                 let body_len = pkt.payload.len();
                 if let Some(patch) = pkt.vp8_patch.as_ref() {
@@ -767,6 +872,18 @@ impl StreamTx {
         };
 
         buf.truncate(header_len + body_len);
+
+        if wrap && fec_pt.is_none() {
+            if let Some(fec) = ulpfec.as_deref_mut() {
+                let mutable_ids = [
+                    Extension::AbsoluteSendTime,
+                    Extension::TransportSequenceNumber,
+                    Extension::TransmissionTimeOffset,
+                ]
+                .map(|e| exts.id_of(e).unwrap_or(0));
+                fec.record(next.seq_no, buf, header_len, pt_main, &mutable_ids);
+            }
+        }
 
         #[cfg(feature = "_internal_dont_use_log_stats")]
         {
