@@ -77,12 +77,8 @@ impl Engine {
         // Pass 1, read-only: what each received track costs and may take.
         let mut demands = Vec::with_capacity(peer.subscribed.len());
         let mut red_depth = 1;
-        let fec_rate = if self.tuning.video_fec {
-            fec::rate(
-                peer.fec_loss.value(),
-                peer.overflow.cap_bps().is_some(),
-                peer.rtt.map_or(0, |d| d.as_millis() as u32),
-            )
+        let fec_wanted = if self.tuning.video_fec {
+            peer.fec_link.wanted(peer.overflow.cap_bps().is_some())
         } else {
             0.0
         };
@@ -131,10 +127,8 @@ impl Engine {
                     red_depth = red_depth.max(depth);
                     depth as f64
                 }
-                // Retransmissions at the measured loss, plus the FEC packets sent for it.
-                MediaKind::Video => {
-                    f64::from(peer.loss.unwrap_or(0.0)).min(0.5) + f64::from(fec_rate)
-                }
+                // Retransmissions at the measured loss; FEC comes out of what the layers leave.
+                MediaKind::Video => f64::from(peer.loss.unwrap_or(0.0)).min(0.5),
             };
             demands.push(TrackDemand {
                 id: index as u64,
@@ -153,15 +147,31 @@ impl Engine {
         // A pinned layer (`set_max_layer` other than `auto`) bypasses adaptation, like the baseline.
         let adaptive = self.adaptation && peer.max_layer == LayerChoice::Auto;
         let allocation = adaptive.then(|| allocate(estimate, &demands, &self.tuning));
+        // FEC only where adapting (the baseline stays plain), out of the budget's rest.
+        let fec_rate = allocation.as_ref().map_or(0.0, |a| {
+            let video_bps = a
+                .tracks
+                .iter()
+                .zip(&demands)
+                .filter(|(_, d)| d.priority != Priority::Audio)
+                .map(|(t, _)| t.bps)
+                .sum();
+            let budget = (estimate as f64 * self.tuning.headroom) as u64;
+            fec::affordable(fec_wanted, budget, a.allocated_bps, video_bps)
+        });
 
         // Pass 2: apply to the selectors.
         let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) else {
             return;
         };
         peer.red_depth = red_depth;
-        if (peer.fec_rate > 0.0) != (fec_rate > 0.0) {
-            tracing::info!(%id, fec_rate, loss = peer.fec_loss.value(), rtt = ?peer.rtt, "video FEC {}", if fec_rate > 0.0 { "on" } else { "off" });
+        // The stream stays in ULPFEC mode while the loss calls for FEC, even when the budget
+        // leaves none for a while: the mode changes with the link, the rate with the allocation.
+        let fec_mode = allocation.is_some() && self.tuning.video_fec && peer.fec_link.is_on();
+        if peer.fec_mode != fec_mode {
+            tracing::info!(%id, loss = peer.fec_link.loss(), rtt = ?peer.rtt, "video FEC {}", if fec_mode { "on" } else { "off" });
         }
+        peer.fec_mode = fec_mode;
         peer.fec_rate = fec_rate;
         for (i, demand) in demands.iter().enumerate() {
             let Some(video) = peer

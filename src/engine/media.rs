@@ -225,6 +225,7 @@ impl Engine {
                 rtc,
                 subscribed,
                 red_depth,
+                fec_mode,
                 fec_rate,
                 ..
             } = peer;
@@ -318,7 +319,7 @@ impl Engine {
                     let out_time = video.timeline.rewrite(time, now) as u32;
                     let (picture, tl0) =
                         video.pictures.rewrite(vp8.picture_id(), vp8.tl0_pic_idx());
-                    let fec_wanted = pts.red.is_some() && *fec_rate > 0.0;
+                    let fec_wanted = pts.red.is_some() && *fec_mode;
                     if fec_wanted != video.fec_on {
                         if let Some(tx) = rtc.direct_api().stream_tx_by_mid(out_mid, None) {
                             tx.set_ulpfec(fec_wanted);

@@ -577,9 +577,10 @@ impl Engine {
                 if let Some(conn) = self.conns.get_mut(&id) {
                     if let Some(peer) = conn.peer.as_mut() {
                         peer.loss = stats.egress_loss_fraction;
-                        if let Some(loss) = stats.egress_loss_fraction {
-                            peer.fec_loss.on_report(loss);
-                        }
+                        peer.fec_link.on_report(
+                            stats.egress_loss_fraction,
+                            stats.rtt.map(|d| d.as_millis() as u32),
+                        );
                         peer.rtt = stats.rtt;
                         peer.overflow.on_stats(
                             stats.timestamp,

@@ -16,7 +16,7 @@ use crate::signal::ConnId;
 
 use crate::bwe::{LayerRates, LayerSelector};
 
-use super::fec::{FecPlanner, LossMemory};
+use super::fec::{FecLink, FecPlanner};
 use super::frames::FrameMemory;
 use super::red::AudioHistory;
 use super::rewrite::{PictureIds, SeqRewriter};
@@ -151,10 +151,12 @@ pub struct Peer {
     pub rtt: Option<std::time::Duration>,
     /// Redundant audio blocks per packet towards this peer (`media::red::depth`).
     pub red_depth: usize,
-    /// Video FEC packets per media packet towards this peer (`media::fec::rate`).
+    /// Whether this peer's video goes out in RED, ready for FEC (its loss calls for FEC).
+    pub fec_mode: bool,
+    /// Video FEC packets per media packet towards this peer (`media::fec::affordable`).
     pub fec_rate: f32,
-    /// The loss that rate follows: rises at once, falls slowly.
-    pub fec_loss: LossMemory,
+    /// Loss and round trip as FEC sees them (`media::fec::FecLink`).
+    pub fec_link: FecLink,
     /// The desired bitrate last given to str0m's estimator (it probes up to it).
     pub bwe_desired: Option<u64>,
     /// The last `quality` report sent to the client.
@@ -181,8 +183,9 @@ impl Peer {
             loss: None,
             rtt: None,
             red_depth: 1,
+            fec_mode: false,
             fec_rate: 0.0,
-            fec_loss: LossMemory::default(),
+            fec_link: FecLink::default(),
             bwe_desired: None,
             last_quality: Vec::new(),
             ice_lost_since: None,

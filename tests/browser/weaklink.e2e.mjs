@@ -398,6 +398,33 @@ async function main() {
 
   if (mode === 'test' && cfg.capChecks) check(clsRows, result);
   if (mode === 'test' && cfg.fecChecks) await checkFec(cls, result);
+  if (mode === 'bench') {
+    const h = await readFecHistograms(cls, 3000);
+    result.fecHistograms = { recoveredPctOfFec: h.recoveredPctOfFec, fecPctOfPackets: h.fecPctOfPackets };
+  }
+}
+
+// Closes the classroom's connection (so Chromium records its receive-stream histograms) and reads
+// the two FEC histograms; a missing one (no FEC received) reads null after `waitMs`.
+async function readFecHistograms(page, waitMs) {
+  await page.evaluate(() => window.tongbu.pc.close());
+  await sleep(1500);
+  const hist = await page.context().newPage();
+  const read = async (name) => {
+    await hist.goto(`chrome://histograms/${name}`);
+    await sleep(300);
+    const text = await hist.evaluate(() => document.body.innerText);
+    const m = text.match(/mean\s*=\s*([0-9.]+)/);
+    return { text: text.slice(0, 400), mean: m ? Number(m[1]) : null };
+  };
+  let recovered = await read('WebRTC.Video.RecoveredMediaPacketsInPercentOfFec');
+  const end = Date.now() + waitMs;
+  while (recovered.mean === null && Date.now() < end) {
+    await sleep(1000);
+    recovered = await read('WebRTC.Video.RecoveredMediaPacketsInPercentOfFec');
+  }
+  const share = await read('WebRTC.Video.ReceivedFecPacketsInPercent');
+  return { recoveredPctOfFec: recovered.mean, fecPctOfPackets: share.mean, text: recovered.text };
 }
 
 // Video FEC (test mode): the classroom received ULPFEC and Chromium rebuilt lost packets from it.
@@ -410,22 +437,10 @@ async function checkFec(page, res) {
   const whole = res.whole || {};
   if (!(whole.framesDecoded > 0)) fail('no video decoded', whole);
   log(`video: ${whole.videoLost} lost, ${whole.videoRetransmitted} retransmitted, ${whole.framesDecoded} frames decoded`);
-  await page.evaluate(() => window.tongbu.pc.close());
-  await sleep(1500);
-  const hist = await page.context().newPage();
-  const read = async (name) => {
-    await hist.goto(`chrome://histograms/${name}`);
-    await sleep(500);
-    const text = await hist.evaluate(() => document.body.innerText);
-    const m = text.match(/mean\s*=\s*([0-9.]+)/);
-    return { text: text.slice(0, 400), mean: m ? Number(m[1]) : null };
-  };
-  const recovered = await until('Chromium records the FEC histograms', async () => {
-    const r = await read('WebRTC.Video.RecoveredMediaPacketsInPercentOfFec');
-    return r.mean === null ? { ok: false, ...r } : r;
-  }, 10000, 1000);
-  const share = await read('WebRTC.Video.ReceivedFecPacketsInPercent');
-  res.fecHistograms = { recoveredPctOfFec: recovered.mean, fecPctOfPackets: share.mean };
+  const h = await readFecHistograms(page, 10000);
+  res.fecHistograms = h;
+  const recovered = { mean: h.recoveredPctOfFec, text: h.text };
+  const share = { mean: h.fecPctOfPackets };
   if (!(share.mean >= c.minFecPct)) fail(`FEC was ${share.mean} % of the video packets (want >= ${c.minFecPct})`, share);
   if (!(recovered.mean > 0)) fail('Chromium recovered no media packet from the FEC', recovered);
   log(`OK Chromium rebuilt media from FEC: recovered ${recovered.mean} % of FEC packets' worth; FEC was ${share.mean} % of video packets`);

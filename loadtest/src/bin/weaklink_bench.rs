@@ -209,7 +209,7 @@ fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{:<20} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>11} {:>7} {:>6} {:>6} {:>6}",
+        "{:<20} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>11} {:>7} {:>6} {:>6} {:>6} {:>9}",
         "run",
         "audio%",
         "conceal",
@@ -222,7 +222,8 @@ fn main() -> anyhow::Result<()> {
         "up s",
         "util%",
         "rxKbps",
-        "top"
+        "top",
+        "fec/rec"
     );
     for (label, _, r) in &rows {
         let Some(r) = r else {
@@ -242,7 +243,7 @@ fn main() -> anyhow::Result<()> {
             .map(|e| f(&e["topS"], ""))
             .unwrap_or_else(|| "n/a".into());
         println!(
-            "{:<20} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>11} {:>7} {:>6} {:>6} {:>6}",
+            "{:<20} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>11} {:>7} {:>6} {:>6} {:>6} {:>9}",
             label,
             f(&w["audioDeliveredPct"], ""),
             f(&w["audioConcealedPct"], ""),
@@ -256,6 +257,12 @@ fn main() -> anyhow::Result<()> {
             f(&w["utilizationPct"], ""),
             f(&w["receivedKbps"], ""),
             f(&r["topWidth"], ""),
+            // Chromium's FEC histograms: FEC % of video packets / media rebuilt per 100 FEC.
+            format!(
+                "{}/{}",
+                f(&r["fecHistograms"]["fecPctOfPackets"], ""),
+                f(&r["fecHistograms"]["recoveredPctOfFec"], "")
+            ),
         );
     }
     println!();
