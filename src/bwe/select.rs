@@ -3,8 +3,11 @@
 //!
 //! - Down at once: an allocation below the target becomes the target in the same update.
 //! - Up with hysteresis: the allocation must stay above the target for a hold time, and the target
-//!   rises to the lowest allocation seen during the hold. The hold doubles for each down-step within
-//!   `down_memory` (capped), so a flapping estimate settles on the lower layer.
+//!   rises to the lowest allocation seen during the hold. A higher allocation that came during the
+//!   hold starts its own hold when it came, not when the first one ends, so a climb over two
+//!   spatial layers takes one hold after the estimate reached the top, not two. The hold doubles
+//!   for each spatial down-step (or pause) within `down_memory` (capped), so a flapping estimate
+//!   settles on the lower layer; frame-rate steps are cheap and do not count.
 //! - Spatial switches only on keyframes: *current* moves to a layer when a keyframe of it arrives and
 //!   it lies between *current* and *target*; until then [`LayerSelector::keyframe_request`] asks.
 //! - Temporal cap: a `LayerChoice` without full frame rate forwards temporal layer 0 only. Dropping
@@ -66,6 +69,8 @@ struct Rise {
     since: Instant,
     hold: Duration,
     lowest: LayerChoice,
+    /// Since when the allocation has stayed above `lowest`: where the next rise starts.
+    higher_since: Option<Instant>,
 }
 
 /// Layer selector for one subscriber of one video track.
@@ -173,7 +178,12 @@ impl LayerSelector {
         match allocated.cmp(&self.target) {
             Ordering::Less => {
                 self.rise = None;
-                self.note_down_step(now);
+                // Only a spatial step down (or a pause) backs the next climb off: it is the one
+                // whose undoing costs a keyframe.
+                let spatial = allocated.map(|a| a.layer) < self.target.map(|t| t.layer);
+                if spatial {
+                    self.note_down_step(now);
+                }
                 self.set_target(now, allocated);
             }
             Ordering::Equal => self.rise = None,
@@ -192,16 +202,38 @@ impl LayerSelector {
                     since: now,
                     hold,
                     lowest: choice,
+                    higher_since: None,
                 });
-                rise.lowest = rise.lowest.min(choice);
+                match choice.cmp(&rise.lowest) {
+                    Ordering::Less => {
+                        rise.lowest = choice;
+                        rise.higher_since = None;
+                    }
+                    Ordering::Equal => rise.higher_since = None,
+                    Ordering::Greater => {
+                        rise.higher_since.get_or_insert(now);
+                    }
+                }
                 let Rise {
                     since,
                     hold,
                     lowest,
+                    higher_since,
                 } = *rise;
                 if now.saturating_duration_since(since) >= hold {
                     self.rise = None;
                     self.set_target(now, Some(lowest));
+                    if let Some(higher_since) = higher_since {
+                        // The allocation went higher during this hold: that rise is held from
+                        // when it came (and may already be over).
+                        self.rise = Some(Rise {
+                            since: higher_since,
+                            hold,
+                            lowest: choice,
+                            higher_since: None,
+                        });
+                        self.on_allocation(now, allocated);
+                    }
                 }
             }
         }
@@ -419,6 +451,61 @@ mod tests {
         s.on_allocation(t0, full(layer));
         assert!(s.on_frame(key(layer)).switched);
         s
+    }
+
+    /// The allocation every 200 ms from `from` until `until`; returns when the target first reached
+    /// `layer`.
+    fn feed(
+        s: &mut LayerSelector,
+        from: Instant,
+        until: Instant,
+        alloc: Option<LayerChoice>,
+        layer: u8,
+    ) -> Option<Instant> {
+        let mut t = from;
+        let mut reached = None;
+        while t < until {
+            s.on_allocation(t, alloc);
+            if reached.is_none() && s.target().is_some_and(|c| c.layer >= layer) {
+                reached = Some(t);
+            }
+            t += ms(200);
+        }
+        reached
+    }
+
+    #[test]
+    fn a_two_layer_climb_takes_one_hold_after_the_top_arrived() {
+        let t0 = Instant::now();
+        let hold = Tuning::default().up_hold;
+        let mut s = flowing(t0, 0);
+        // The estimate climbs: layer 1 fits after 1 s, layer 2 after 2 s.
+        assert_eq!(feed(&mut s, t0 + ms(1000), t0 + ms(2000), full(1), 1), None);
+        let top = feed(&mut s, t0 + ms(2000), t0 + ms(9000), full(2), 2);
+        assert_eq!(
+            top,
+            Some(t0 + ms(2000) + hold),
+            "one hold after layer 2 first fit"
+        );
+        assert_eq!(s.target(), full(2));
+    }
+
+    #[test]
+    fn a_frame_rate_step_down_does_not_back_the_climb_off() {
+        let t0 = Instant::now();
+        let hold = Tuning::default().up_hold;
+        let mut s = flowing(t0, 0);
+        // Temporal layer 0 only for a moment (a backed-up queue, a dip): cheap to undo.
+        s.on_allocation(t0 + ms(200), TL0_ONLY);
+        s.on_allocation(t0 + ms(400), full(0));
+        let up = feed(&mut s, t0 + ms(600), t0 + ms(8000), full(1), 1);
+        assert_eq!(up, Some(t0 + ms(600) + hold), "no doubled hold");
+        // A pause is a real step down: the next climb waits longer.
+        let mut p = flowing(t0, 0);
+        p.on_allocation(t0 + ms(200), None);
+        p.on_allocation(t0 + ms(400), full(0));
+        let up = feed(&mut p, t0 + ms(600), t0 + ms(12000), full(1), 1).expect("climbs");
+        assert!(up > t0 + ms(600) + hold, "backed off after a pause");
     }
 
     #[test]

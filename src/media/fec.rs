@@ -56,9 +56,12 @@ pub fn affordable(wanted: f32, budget_bps: u64, allocated_bps: u64, video_bps: u
 /// On a bursty link one second shows 20 % loss and the next none, and FEC must already be on
 /// when the next burst comes: the loss average rises fast (half the way per report) and falls
 /// slowly (a tenth: halving takes about 3 s). Taking each peak whole made 1 % random loss read as
-/// 5 % at times. Round-trip samples jump by 50–100 ms when a machine is busy: they are averaged
-/// (a quarter of the way per report), and FEC, once on, stays on until loss or round trip fall
-/// clearly below the thresholds (hysteresis), so that it does not flap.
+/// 5 % at times. The round trip that counts is the link's own, without queueing: a congested
+/// 60 ms link shows 150 ms and loss, and FEC there only adds to the queue (Chromium rebuilt almost
+/// nothing from it in the collapse benchmark). So it is the lowest sample, which rises only
+/// slowly (2 % per report) to follow a changed route; CPU spikes on a busy machine (50–100 ms)
+/// do not move it either. FEC, once on, stays on until loss or round trip fall clearly below the
+/// thresholds (hysteresis), so that it does not flap.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FecLink {
     loss: f32,
@@ -69,7 +72,8 @@ pub struct FecLink {
 impl FecLink {
     const LOSS_RISE: f32 = 0.5;
     const LOSS_FALL: f32 = 0.1;
-    const RTT_STEP: f32 = 0.25;
+    /// How fast the base round trip follows samples above it.
+    const BASE_RTT_RISE: f32 = 0.02;
     /// Off only below this share of the thresholds.
     const HYSTERESIS: f32 = 0.7;
 
@@ -87,8 +91,8 @@ impl FecLink {
         if let Some(rtt) = rtt_ms {
             let rtt = rtt as f32;
             self.rtt_ms = Some(match self.rtt_ms {
-                Some(avg) => avg + (rtt - avg) * Self::RTT_STEP,
-                None => rtt,
+                Some(base) if rtt > base => base + (rtt - base) * Self::BASE_RTT_RISE,
+                _ => rtt,
             });
         }
         let rtt = self.rtt_ms.unwrap_or(0.0);
@@ -236,6 +240,14 @@ mod tests {
             link.wanted(false) >= 0.2,
             "still protecting 3 s after a burst"
         );
+
+        // A congested 60 ms link: loss, and queueing lifts the round trip. Not for FEC.
+        let mut collapse = FecLink::default();
+        collapse.on_report(Some(0.0), Some(60));
+        for _ in 0..20 {
+            collapse.on_report(Some(0.15), Some(150));
+            assert!(!collapse.is_on(), "base RTT {:?}", collapse.rtt_ms);
+        }
 
         // 1 % random loss on a 60 ms link whose RTT samples spike: never on.
         let mut village = FecLink::default();
