@@ -169,7 +169,7 @@ impl Engine {
         // leaves none for a while: the mode changes with the link, the rate with the allocation.
         let fec_mode = allocation.is_some() && self.tuning.video_fec && peer.fec_link.is_on();
         if peer.fec_mode != fec_mode {
-            tracing::info!(%id, loss = peer.fec_link.loss(), rtt = ?peer.rtt, "video FEC {}", if fec_mode { "on" } else { "off" });
+            tracing::debug!(%id, loss = peer.fec_link.loss(), rtt = ?peer.rtt, "video FEC {}", if fec_mode { "on" } else { "off" });
         }
         peer.fec_mode = fec_mode;
         peer.fec_rate = fec_rate;
