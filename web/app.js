@@ -474,16 +474,22 @@
     if (!pc) return;
     var t = pc.getTransceivers().filter(function (x) { return x.mid === msg.mid; })[0];
     if (!t || !t.sender) return;
-    var params = t.sender.getParameters();
-    if (!params.encodings || params.encodings.length < 2) return;
-    var changed = false;
-    params.encodings.forEach(function (e) {
-      var on = msg.active.indexOf(e.rid) >= 0;
-      if (e.active !== on) { e.active = on; changed = true; }
+    // One change at a time: a getParameters() read while another setParameters() is under way
+    // is void by the time it is set (two publish_layers messages in a row).
+    var sender = t.sender;
+    this._layersChain = (this._layersChain || Promise.resolve()).then(async function () {
+      var params = sender.getParameters();
+      if (!params.encodings || params.encodings.length < 2) return;
+      var changed = false;
+      params.encodings.forEach(function (e) {
+        var on = msg.active.indexOf(e.rid) >= 0;
+        if (e.active !== on) { e.active = on; changed = true; }
+      });
+      if (changed) {
+        try { await sender.setParameters(params); } catch (e) { log('setParameters failed:', e); }
+      }
     });
-    if (changed) {
-      try { await t.sender.setParameters(params); } catch (e) { log('setParameters failed:', e); }
-    }
+    return this._layersChain;
   };
 
   /** Whether the server paused the video at `mid` for lack of bandwidth. */

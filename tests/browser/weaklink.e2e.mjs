@@ -355,9 +355,19 @@ async function main() {
     // What the teacher page would do to fit its top layer into a 2 Mbit/s village link.
     const set = await teacher.evaluate(async (caps) => {
       const s = window.tongbu.pc.getSenders().find((x) => x.track && x.track.kind === 'video');
-      const p = s.getParameters();
-      for (const e of p.encodings) if (caps[e.rid]) e.maxBitrate = caps[e.rid] * 1000;
-      await s.setParameters(p);
+      // The page's own dynacast may set parameters at the same moment (a publish_layers message
+      // right after joining), which voids our getParameters(): read and set again.
+      for (let attempt = 0; ; attempt++) {
+        const p = s.getParameters();
+        for (const e of p.encodings) if (caps[e.rid]) e.maxBitrate = caps[e.rid] * 1000;
+        try {
+          await s.setParameters(p);
+          break;
+        } catch (e) {
+          if (attempt >= 5 || e.name !== 'InvalidStateError') throw e;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      }
       return s.getParameters().encodings.map((e) => [e.rid, e.maxBitrate || null]);
     }, cfg.teacherMaxKbps);
     log('teacher encodings capped:', JSON.stringify(set));
