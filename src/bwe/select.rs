@@ -626,7 +626,7 @@ mod tests {
         assert_eq!(s.target(), full(0));
         s.on_allocation(t0 + ms(100) + up_hold, full(2));
         assert_eq!(s.target(), full(1), "only what held for the whole hold");
-        // h needs another hold before f.
+        // f came back at 2.1 s: its own hold runs from then, past the first one's end.
         s.on_allocation(t0 + ms(100) + up_hold + ms(100), full(2));
         assert_eq!(s.target(), full(1));
         s.handle_timeout(t0 + ms(200) + up_hold * 2);

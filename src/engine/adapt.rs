@@ -77,7 +77,8 @@ impl Engine {
         // Pass 1, read-only: what each received track costs and may take.
         let mut demands = Vec::with_capacity(peer.subscribed.len());
         let mut red_depth = 1;
-        let fec_wanted = if self.tuning.video_fec {
+        let fec_on = self.tuning.video_fec && peer.fec_link.is_on();
+        let fec_wanted = if fec_on {
             peer.fec_link.wanted(peer.overflow.cap_bps().is_some())
         } else {
             0.0
@@ -167,7 +168,7 @@ impl Engine {
         peer.red_depth = red_depth;
         // The stream stays in ULPFEC mode while the loss calls for FEC, even when the budget
         // leaves none for a while: the mode changes with the link, the rate with the allocation.
-        let fec_mode = allocation.is_some() && self.tuning.video_fec && peer.fec_link.is_on();
+        let fec_mode = allocation.is_some() && fec_on;
         if peer.fec_mode != fec_mode {
             tracing::debug!(%id, loss = peer.fec_link.loss(), rtt = ?peer.rtt, "video FEC {}", if fec_mode { "on" } else { "off" });
         }

@@ -18,7 +18,7 @@ use crate::media::frames::Seen;
 use crate::media::peer::{OutPts, OutState, Peer, Published, TrackKey};
 use crate::media::red::AudioHistory;
 use crate::media::vp8::Vp8Packet;
-use crate::media::{fec, history, red};
+use crate::media::{history, red};
 use crate::signal::message::MediaKind;
 use crate::signal::ConnId;
 
@@ -199,8 +199,7 @@ impl Engine {
         // RED payloads by depth, built once per packet for every subscriber of that depth (and
         // Opus payload type).
         let mut red_built: [Option<(Pt, Arc<[u8]>)>; red::MAX_DISTANCE] = Default::default();
-        // FEC packets to send after a frame, and the empty payload str0m fills in for them.
-        let mut fec_plan: Vec<fec::FecPacket> = Vec::new();
+        // The empty payload of FEC packets (str0m fills it in when it sends them).
         let mut fec_payload: Option<Arc<[u8]>> = None;
         // Layers some subscriber needs a keyframe of, as a bitmask.
         let mut wanted_keyframes: u8 = 0;
@@ -319,11 +318,11 @@ impl Engine {
                     let out_time = video.timeline.rewrite(time, now) as u32;
                     let (picture, tl0) =
                         video.pictures.rewrite(vp8.picture_id(), vp8.tl0_pic_idx());
-                    let fec_wanted = pts.red.is_some() && *fec_mode;
-                    if fec_wanted != video.fec_on {
+                    let ulpfec_mode = pts.red.is_some() && *fec_mode;
+                    if ulpfec_mode != video.fec_on {
                         if let Some(tx) = rtc.direct_api().stream_tx_by_mid(out_mid, None) {
-                            tx.set_ulpfec(fec_wanted);
-                            video.fec_on = fec_wanted;
+                            tx.set_ulpfec(ulpfec_mode);
+                            video.fec_on = ulpfec_mode;
                         }
                     }
                     if video.fec_on {
@@ -389,8 +388,7 @@ impl Engine {
             metrics.bytes_out.inc_by(bytes as u64);
             if let (Some((red_pt, out_time)), Some(video)) = (fec_after, sub.video.as_mut()) {
                 // The frame is complete: its FEC packets follow it, numbered right after it.
-                video.fec.on_frame_end(*fec_rate, &mut fec_plan);
-                for fec in fec_plan.drain(..) {
+                for fec in video.fec.on_frame_end(*fec_rate) {
                     let Some(fec_seq) = sub.seq.insert_after(in_seq) else {
                         break;
                     };

@@ -18,16 +18,18 @@ const SHORT_RTT_MS: u32 = 100;
 /// Most media packets a FEC group waits for, so a loss early in it is repaired soon.
 const MAX_GROUP: usize = 24;
 
-/// FEC packets per media packet for a subscriber link losing `loss` (0–1) of its packets with
-/// a round trip of `rtt_ms`; 0 while the link overflows (`congested`).
+/// Whether a link losing `loss` (0–1) of its packets over a base round trip of `rtt_ms` needs
+/// FEC at all.
+fn needs_fec(loss: f32, rtt_ms: f32) -> bool {
+    loss >= MIN_LOSS && rtt_ms >= SHORT_RTT_MS as f32
+}
+
+/// FEC packets per media packet for a link that needs FEC and loses `loss` of its packets.
 ///
 /// The steps follow the loss: with `r` FEC packets per media packet, each FEC packet covers
 /// every `1/r`-th packet of its group (interleaved), so a burst of up to `r × group` packets is
 /// rebuilt when the FEC packets arrive.
-pub fn rate(loss: f32, congested: bool, rtt_ms: u32) -> f32 {
-    if congested || loss < MIN_LOSS || rtt_ms < SHORT_RTT_MS {
-        return 0.0;
-    }
+fn rate_for_loss(loss: f32) -> f32 {
     if loss < 0.03 {
         0.1
     } else if loss < 0.08 {
@@ -96,12 +98,9 @@ impl FecLink {
             });
         }
         let rtt = self.rtt_ms.unwrap_or(0.0);
-        self.on = if self.on {
-            self.loss >= MIN_LOSS * Self::HYSTERESIS
-                && rtt >= SHORT_RTT_MS as f32 * Self::HYSTERESIS
-        } else {
-            rate(self.loss, false, rtt as u32) > 0.0
-        };
+        // Once on, the thresholds are lower by the hysteresis share.
+        let scale = if self.on { Self::HYSTERESIS } else { 1.0 };
+        self.on = needs_fec(self.loss / scale, rtt / scale);
     }
 
     /// Whether this link's video goes out in RED, ready for FEC.
@@ -115,7 +114,7 @@ impl FecLink {
             return 0.0;
         }
         // Within the hysteresis band the lowest step still applies.
-        rate(self.loss.max(MIN_LOSS), false, SHORT_RTT_MS)
+        rate_for_loss(self.loss)
     }
 
     pub fn loss(&self) -> f32 {
@@ -140,6 +139,8 @@ pub struct FecPlanner {
     credit: f32,
     /// Packets sent since the last frame end, not yet in `credit`.
     uncounted: usize,
+    /// The FEC packets planned at the last frame end (kept to reuse its allocation).
+    planned: Vec<FecPacket>,
 }
 
 impl FecPlanner {
@@ -155,12 +156,13 @@ impl FecPlanner {
     /// A frame ended: the FEC packets to send now at `rate` FEC packets per media packet, each
     /// covering an interleaved share of the group (packet `k` of the group goes to FEC packet
     /// `k mod count`), so that consecutive losses land in different FEC packets.
-    pub fn on_frame_end(&mut self, rate: f32, out: &mut Vec<FecPacket>) {
+    pub fn on_frame_end(&mut self, rate: f32) -> &[FecPacket] {
+        self.planned.clear();
         if rate <= 0.0 || self.group.is_empty() {
             self.group.clear();
             self.credit = 0.0;
             self.uncounted = 0;
-            return;
+            return &self.planned;
         }
         self.credit += rate * self.uncounted as f32;
         self.uncounted = 0;
@@ -170,7 +172,7 @@ impl FecPlanner {
             count = 1;
         }
         if count == 0 {
-            return; // the group grows until it has earned a FEC packet
+            return &self.planned; // the group grows until it has earned a FEC packet
         }
         let count = count.min(self.group.len());
         self.credit = (self.credit - count as f32).max(0.0);
@@ -182,9 +184,10 @@ impl FecPlanner {
                 .skip(j)
                 .step_by(count)
                 .fold(0u64, |m, s| m | 1 << (s - base));
-            out.push(FecPacket { base, mask });
+            self.planned.push(FecPacket { base, mask });
         }
         self.group.clear();
+        &self.planned
     }
 }
 
@@ -194,18 +197,22 @@ mod tests {
 
     #[test]
     fn rate_follows_loss_and_round_trip() {
-        assert_eq!(rate(0.005, false, 600), 0.0, "NACK alone at low loss");
-        assert_eq!(
-            rate(0.02, false, 60),
-            0.0,
+        assert!(!needs_fec(0.005, 600.0), "NACK alone at low loss");
+        assert!(
+            !needs_fec(0.02, 60.0),
             "NACK repairs in time on a short round trip"
         );
-        assert_eq!(rate(0.2, false, 60), 0.0);
-        assert_eq!(rate(0.02, false, 300), 0.1);
-        assert_eq!(rate(0.06, false, 300), 0.2);
-        assert_eq!(rate(0.10, false, 300), 0.35);
-        assert_eq!(rate(0.20, false, 300), 0.5);
-        assert_eq!(rate(0.20, true, 300), 0.0, "never while the link overflows");
+        assert!(!needs_fec(0.2, 60.0));
+        assert!(needs_fec(0.02, 300.0));
+        assert_eq!(rate_for_loss(0.02), 0.1);
+        assert_eq!(rate_for_loss(0.06), 0.2);
+        assert_eq!(rate_for_loss(0.10), 0.35);
+        assert_eq!(rate_for_loss(0.20), 0.5);
+        let mut link = FecLink::default();
+        link.on_report(Some(0.2), Some(300));
+        link.on_report(Some(0.2), Some(300));
+        assert_eq!(link.wanted(false), 0.5);
+        assert_eq!(link.wanted(true), 0.0, "never while the link overflows");
     }
 
     #[test]
@@ -280,8 +287,7 @@ mod tests {
         for seq in 100..108 {
             plan.on_media(seq);
         }
-        let mut out = Vec::new();
-        plan.on_frame_end(0.5, &mut out);
+        let out = plan.on_frame_end(0.5).to_vec();
         assert_eq!(out.len(), 4);
         assert_eq!(
             out[0],
@@ -315,7 +321,7 @@ mod tests {
             plan.on_media(frame * 2);
             plan.on_media(frame * 2 + 1);
             let before = out.len();
-            plan.on_frame_end(0.2, &mut out);
+            out.extend_from_slice(plan.on_frame_end(0.2));
             if out.len() > before {
                 sent_at.push(frame);
             }
@@ -335,12 +341,9 @@ mod tests {
     fn no_rate_no_fec_and_the_group_is_forgotten() {
         let mut plan = FecPlanner::default();
         plan.on_media(1);
-        let mut out = Vec::new();
-        plan.on_frame_end(0.0, &mut out);
-        assert!(out.is_empty());
+        assert!(plan.on_frame_end(0.0).is_empty());
         plan.on_media(2);
-        plan.on_frame_end(1.0, &mut out);
-        assert_eq!(out, vec![FecPacket { base: 2, mask: 1 }]);
+        assert_eq!(plan.on_frame_end(1.0), [FecPacket { base: 2, mask: 1 }]);
     }
 
     #[test]
@@ -349,10 +352,8 @@ mod tests {
         plan.on_media(0);
         plan.on_media(60);
         plan.on_media(61);
-        let mut out = Vec::new();
-        plan.on_frame_end(0.5, &mut out);
         assert_eq!(
-            out,
+            plan.on_frame_end(0.5),
             vec![FecPacket {
                 base: 60,
                 mask: 0b11

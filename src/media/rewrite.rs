@@ -87,7 +87,7 @@ impl SeqRewriter {
         if self.ranges.len() > MAX_RANGES {
             self.ranges.pop_front();
         }
-        self.next_out = self.next_out.max(reserved + 1);
+        self.next_out = reserved + 1;
         Some(reserved)
     }
 

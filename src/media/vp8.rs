@@ -151,6 +151,7 @@ mod tests {
         let p = Vp8Packet::parse(&[0x90, 0x80, 5, 0x00, 0, 0]).unwrap();
         assert_eq!(p.picture_id(), Some(5));
         assert!(p.patch(Some(0x1234), None).is_some(), "written modulo 128");
+        assert_eq!(p.patch(Some(0x1234), None), p.patch(Some(0x34), None));
     }
 
     #[test]

@@ -513,11 +513,6 @@ impl StreamTx {
         }
     }
 
-    /// Whether this stream is in ULPFEC mode.
-    pub fn ulpfec_enabled(&self) -> bool {
-        self.ulpfec.is_some()
-    }
-
     /// Write RTP packet to a send stream.
     ///
     /// The write command carries the RTP payload and optional RTP metadata.
@@ -804,21 +799,26 @@ impl StreamTx {
 
         let mut body_out = &mut buf[header_len..];
 
-        // For resends, the original seq_no is inserted before the payload.
-        let mut original_seq_len = 0;
+        // What goes before the payload: for resends the original seq_no; tongbu patch: for media
+        // in RED, the one-block RED header (the media PT).
+        let mut prefix_len = 0;
         if let NextPacketKind::Resend(orig_seq_no) = next.kind {
-            original_seq_len = RtpHeader::write_original_sequence_number(body_out, orig_seq_no);
-            body_out = &mut body_out[original_seq_len..];
+            prefix_len = RtpHeader::write_original_sequence_number(body_out, orig_seq_no);
+            body_out = &mut body_out[prefix_len..];
+        } else if wrap {
+            body_out[0] = *pt_main & 0x7f;
+            body_out = &mut body_out[1..];
+            prefix_len = 1;
         }
 
         let pkt = &next.pkt;
 
         let body_len = match next.kind {
             NextPacketKind::Regular if fec_pt.is_some() => {
-                let built = match (ulpfec.as_deref_mut(), fec_pt) {
-                    (Some(fec), Some(fec_pt)) => fec.build(next.seq_no, fec_pt, body_out),
-                    _ => None,
-                };
+                let built = ulpfec
+                    .as_deref_mut()
+                    .zip(fec_pt)
+                    .and_then(|(fec, fec_pt)| fec.build(next.seq_no, fec_pt, body_out));
                 let Some(len) = built else {
                     // Nothing it protected went out in RED.
                     if pop_send_queue {
@@ -827,18 +827,6 @@ impl StreamTx {
                     return None;
                 };
                 len
-            }
-            NextPacketKind::Regular if wrap => {
-                // RED header of a single block: the media PT.
-                body_out[0] = *pt_main & 0x7f;
-                let body_len = pkt.payload.len();
-                let body = &mut body_out[1..1 + body_len];
-                if let Some(patch) = pkt.vp8_patch.as_ref() {
-                    patch.copy_to(pkt.payload.as_ref(), body);
-                } else {
-                    body.copy_from_slice(pkt.payload.as_ref());
-                }
-                body_len + 1
             }
             NextPacketKind::Regular | NextPacketKind::Resend(_) => {
                 let body_len = pkt.payload.len();
@@ -853,7 +841,7 @@ impl StreamTx {
                 // to protect_rtp), and RTP-level padding breaks SFUs that
                 // re-marshal forwarded packets without it while keeping the P
                 // bit (observed with LiveKit -> Chrome, str0m issue #1014)
-                body_len + original_seq_len
+                body_len + prefix_len
             }
             NextPacketKind::Blank(len) => {
                 let len = RtpHeader::create_padding_packet(
@@ -873,7 +861,7 @@ impl StreamTx {
 
         buf.truncate(header_len + body_len);
 
-        if wrap && fec_pt.is_none() {
+        if wrap {
             if let Some(fec) = ulpfec.as_deref_mut() {
                 let mutable_ids = [
                     Extension::AbsoluteSendTime,

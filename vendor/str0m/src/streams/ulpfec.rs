@@ -90,27 +90,23 @@ impl UlpfecSender {
         }
         let (_, base, mask) = self.pending.pop_front().filter(|(s, _, _)| *s == seq_no)?;
 
-        let covered: Vec<&Protected> = (0..64u64)
-            .filter(|i| mask & (1 << i) != 0)
-            .filter_map(|i| {
-                let seq: SeqNo = (*base + i).into();
-                self.sent.iter().find(|p| p.seq == seq)
-            })
-            .collect();
-        let first = covered.first()?.seq;
-        if *covered.last()?.seq - *first >= ULPFEC_MAX_PROTECTED as u64 {
+        // The recorded packets the mask names (no allocation: at most 48 to look through).
+        let covers = |p: &&Protected| {
+            *p.seq >= *base && *p.seq - *base < 64 && mask & (1 << (*p.seq - *base)) != 0
+        };
+        let covered = || self.sent.iter().filter(covers);
+        let first = covered().map(|p| p.seq).min()?;
+        let last = covered().map(|p| p.seq).max()?;
+        if *last - *first >= ULPFEC_MAX_PROTECTED as u64 {
             return None;
         }
-        let long_mask = *covered.last()?.seq - *first >= 16;
+        let long_mask = *last - *first >= 16;
         let level_header = if long_mask {
             LEVEL_HEADER_LONG
         } else {
             LEVEL_HEADER_SHORT
         };
-        let protection_len = covered
-            .iter()
-            .map(|p| p.bytes.len() - RTP_FIXED_HEADER)
-            .max()?;
+        let protection_len = covered().map(|p| p.bytes.len() - RTP_FIXED_HEADER).max()?;
         let payload_at = 1 + FEC_HEADER + level_header;
         let total = payload_at + protection_len;
         if total > out.len() || protection_len > u16::MAX as usize {
@@ -126,7 +122,7 @@ impl UlpfecSender {
 
         let mut length_recovery = 0u16;
         let mut bit_mask = 0u64;
-        for p in &covered {
+        for p in covered() {
             // P, X, CC; M, PT; timestamp: XORed as they are.
             fec_header[0] ^= p.bytes[0];
             fec_header[1] ^= p.bytes[1];
