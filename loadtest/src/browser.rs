@@ -41,11 +41,17 @@ pub fn repo_root() -> PathBuf {
 pub fn camera_y4m(dir: &Path) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("camera-{CAMERA_W}x{CAMERA_H}-{CAMERA_FRAMES}f.y4m"));
     let expected = 40 + u64::from(CAMERA_FRAMES) * (6 + u64::from(CAMERA_W * CAMERA_H) * 3 / 2);
+    // Tests in one binary ask for the clip at once on a clean checkout: one makes it, the others
+    // wait and then find it. The per-process part name keeps separate processes apart too.
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _making = MAKING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if std::fs::metadata(&path).is_ok_and(|m| m.len() >= expected) {
         return Ok(path);
     }
     std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("y4m.part");
+    let tmp = path.with_extension(format!("y4m.{}.part", std::process::id()));
     let caps = format!("video/x-raw,format=I420,width={CAMERA_W},height={CAMERA_H},framerate=30/1");
     let n = CAMERA_FRAMES.to_string();
     let out = Command::new("gst-launch-1.0")

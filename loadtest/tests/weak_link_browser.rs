@@ -18,6 +18,7 @@
 //! `<target>/tmp/weak_link_browser/`. Bounded: about 75 s.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use serde_json::json;
 use tongbu_loadtest::browser::{camera_y4m, tail, Run};
@@ -52,6 +53,12 @@ fn run_in_chromium(scenario: Scenario) {
         0,
         "needs root (or set LINKEM_SKIP_NETNS=1)"
     );
+    // One run at a time: two teacher/classroom pairs (four Chromiums) on a 2-core machine slowed
+    // setup past the measurement start in CI, and would skew each other's link figures.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let linkem = PathBuf::from(env!("CARGO_BIN_EXE_linkem"));
     // The server binary of the same profile, built by `cargo test --workspace` (or TONGBU_BIN).
     let tongbu = std::env::var_os("TONGBU_BIN")

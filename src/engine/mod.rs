@@ -588,6 +588,8 @@ impl Engine {
                             stats.egress_loss_fraction,
                             stats.rtt,
                         );
+                        tracing::trace!(%id, loss = ?stats.egress_loss_fraction, rtt = ?stats.rtt,
+                            cap = ?peer.overflow.cap_bps(), "peer stats");
                     }
                     conn.latest = PeerTotals {
                         bytes_rx: stats.peer_bytes_rx,

@@ -381,7 +381,7 @@ async function main() {
   await teacher.evaluate(teacherSampler, 500);
   log('classroom connected; sampling');
   const firstChange = cfg.schedule.length > 1 ? cfg.schedule[1].atS : cfg.endS;
-  if (mode === 'bench' && cfg.schedule.length === 1 && rel(Date.now()) > cfg.measureFromS - 2) {
+  if (cfg.schedule.length === 1 && rel(Date.now()) > cfg.measureFromS - 2) {
     // A constant link: setup over a long or lossy path may take longer; measure as long, later.
     const late = rel(Date.now()) + 2 - cfg.measureFromS;
     cfg.measureFromS += late;
