@@ -1,62 +1,86 @@
 //! Collapse detection: when a village link's capacity drops under a full queue, most of what is
 //! sent is dropped at once, seconds before a delay-based estimate has fallen. Severe loss *while
-//! the round trip grows over its floor* means the queue overflows (congestion), and what got
-//! through, `sent × (1 − loss)`, is then the best measure of the link. Severe loss at the usual
-//! round trip is radio loss, not congestion: it is left to the estimator (cutting the rate would
-//! not reduce it). Pure logic: stats and time in, a bound out.
+//! the round trip grows over its floor* means the queue overflows (congestion), and the rate the
+//! link delivered the rest at is then the best measure of it. Severe loss at the usual round trip
+//! is radio loss, not congestion: it is left to the estimator (cutting the rate would not reduce
+//! it). Read at the adaptation tick from transport-wide feedback over the last few hundred
+//! milliseconds of sends (str0m's `recent_feedback`), not from the once-a-second loss average,
+//! so a collapse is bounded within about half a second. Pure logic: feedback and time in, a bound
+//! out.
 
 use std::time::{Duration, Instant};
 
-/// Loss above which an interval may be an overflow.
+use str0m::bwe::RecentFeedback;
+
+/// Loss above which a reading may be an overflow.
 pub const SEVERE_LOSS: f32 = 0.2;
 /// Round-trip growth over the floor that shows a standing queue.
 pub const QUEUE_GROWTH: Duration = Duration::from_millis(30);
-/// Intervals shorter than this are too noisy to measure a rate over.
-const MIN_INTERVAL: Duration = Duration::from_millis(200);
+/// The sends each reading covers: a collapse shows within a few feedback reports, and even the
+/// lowest layer puts a dozen packets in it.
+pub const WINDOW: Duration = Duration::from_millis(300);
+/// Fewer packets than this say too little about loss.
+const MIN_PACKETS: u32 = 8;
+/// Readings in a row that must show it: a keyframe's burst or a loss burst on a radio link can
+/// make one window look like an overflow (measured on the bursty profile: several a minute); a
+/// collapse persists.
+const READINGS: u32 = 2;
+/// A bound stays this long after the last overflowing reading: the queue needs that long to
+/// drain and the estimator to follow, and lifting it sooner would refill the queue at once.
+pub const HOLD: Duration = Duration::from_secs(1);
 
-/// Per subscriber; fed with each peer-stats report (twice a second).
+/// What str0m may pace at while the link is bounded at `cap_bps`: a little under it, so that the
+/// overflowing queue drains and the next keyframe does not arrive as a burst it drops (str0m paces
+/// at 1.1 × the rate it is given, and `cap_bps` counts RTP payload only).
+pub fn pacing_cap(cap_bps: u64) -> u64 {
+    cap_bps * 85 / 100
+}
+
+/// Per subscriber; fed at each adaptation tick.
 #[derive(Debug, Clone, Default)]
 pub struct OverflowDetector {
-    last: Option<(Instant, u64)>,
     min_rtt: Option<Duration>,
-    cap_bps: Option<u64>,
+    /// Overflowing readings in a row, and the lowest delivered rate among them.
+    streak: Option<(u32, u64)>,
+    /// The bound and until when it holds.
+    cap: Option<(u64, Instant)>,
 }
 
 impl OverflowDetector {
-    /// One stats report: total bytes sent to the peer so far, loss fraction and round trip of
-    /// the last interval.
-    pub fn on_stats(
-        &mut self,
-        at: Instant,
-        sent_total: u64,
-        loss: Option<f32>,
-        rtt: Option<Duration>,
-    ) {
-        let previous = self.last.replace((at, sent_total));
-        if let Some(rtt) = rtt {
-            self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+    /// One reading of the newest feedback (`None`: none yet, or no transport-wide feedback).
+    /// Returns true when this reading started a bound (for logging).
+    pub fn on_feedback(&mut self, now: Instant, feedback: Option<&RecentFeedback>) -> bool {
+        if self.cap.is_some_and(|(_, until)| now >= until) {
+            self.cap = None;
         }
-        self.cap_bps = None;
-        let Some((then, sent_then)) = previous else {
-            return;
+        let Some(fb) = feedback else {
+            return false;
         };
-        let interval = at.saturating_duration_since(then);
-        let severe = loss.filter(|l| *l > SEVERE_LOSS);
-        let queueing = match (rtt, self.min_rtt) {
-            (Some(rtt), Some(floor)) => rtt >= floor + QUEUE_GROWTH,
-            _ => false,
+        let floor = *self.min_rtt.get_or_insert(fb.rtt);
+        self.min_rtt = Some(floor.min(fb.rtt));
+        let overflowing =
+            fb.packets >= MIN_PACKETS && fb.loss > SEVERE_LOSS && fb.rtt >= floor + QUEUE_GROWTH;
+        let Some(delivered) = fb.delivered_bps.filter(|_| overflowing) else {
+            self.streak = None;
+            return false;
         };
-        if let (Some(loss), true) = (severe, queueing && interval >= MIN_INTERVAL) {
-            let sent_bps =
-                sent_total.saturating_sub(sent_then) as f64 * 8.0 / interval.as_secs_f64();
-            self.cap_bps = Some((sent_bps * f64::from(1.0 - loss)) as u64);
+        // While it overflows, the link delivers at its rate: the lowest reading is the closest.
+        let (count, lowest) = self.streak.map_or((1, delivered), |(count, lowest)| {
+            (count + 1, lowest.min(delivered))
+        });
+        self.streak = Some((count, lowest));
+        if count < READINGS {
+            return false;
         }
+        let started = self.cap.is_none();
+        let bound = self.cap.map_or(lowest, |(cap, _)| cap.min(lowest));
+        self.cap = Some((bound, now + HOLD));
+        started
     }
 
-    /// What the link carried during the last interval, if it overflowed; the allocation must
-    /// not exceed it until the next report.
+    /// What the link delivered while it overflowed lately; the allocation must not exceed it.
     pub fn cap_bps(&self) -> Option<u64> {
-        self.cap_bps
+        self.cap.map(|(cap, _)| cap)
     }
 }
 
@@ -66,22 +90,41 @@ mod tests {
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
 
+    fn feedback(loss: f32, rtt_ms: u64, delivered_bps: Option<u64>) -> RecentFeedback {
+        RecentFeedback {
+            packets: 30,
+            loss,
+            rtt: MS(rtt_ms),
+            delivered_bps,
+        }
+    }
+
     #[test]
-    fn an_overflowing_queue_bounds_the_rate_at_what_got_through() {
+    fn an_overflowing_queue_bounds_the_rate_at_what_the_link_delivered() {
         let t0 = Instant::now();
         let mut d = OverflowDetector::default();
-        d.on_stats(t0, 0, Some(0.0), Some(MS(60)));
-        assert_eq!(
-            d.cap_bps(),
-            None,
-            "the first report only starts the interval"
-        );
-        // 1.3 Mbit/s sent into a 300 kbit/s link: 77 % lost, the queue adds 100 ms.
-        d.on_stats(t0 + MS(1000), 162_500, Some(0.77), Some(MS(160)));
-        let cap = d.cap_bps().expect("overflow");
-        assert!((290_000..=310_000).contains(&cap), "{cap}");
-        // The next clean report lifts the bound.
-        d.on_stats(t0 + MS(2000), 200_000, Some(0.0), Some(MS(160)));
+        assert!(!d.on_feedback(t0, Some(&feedback(0.0, 60, Some(1_100_000)))));
+        assert_eq!(d.cap_bps(), None, "a clean link is not bounded");
+        // 1.1 Mbit/s sent into a 300 kbit/s link: most is lost, the queue adds 100 ms. One
+        // reading is not enough; the second bounds at the lower of the two.
+        assert!(!d.on_feedback(t0 + MS(200), Some(&feedback(0.6, 160, Some(290_000)))));
+        assert_eq!(d.cap_bps(), None);
+        assert!(d.on_feedback(t0 + MS(400), Some(&feedback(0.6, 160, Some(310_000)))));
+        assert_eq!(d.cap_bps(), Some(290_000));
+        // Still overflowing: a lower reading lowers it, and does not count as a new bound.
+        assert!(!d.on_feedback(t0 + MS(600), Some(&feedback(0.7, 165, Some(280_000)))));
+        assert_eq!(d.cap_bps(), Some(280_000));
+        // Clean readings keep the bound while the queue drains...
+        d.on_feedback(t0 + MS(1400), Some(&feedback(0.0, 70, Some(200_000))));
+        assert_eq!(d.cap_bps(), Some(280_000));
+        // ... and lift it a hold after the last overflow.
+        d.on_feedback(t0 + MS(600) + HOLD, Some(&feedback(0.0, 65, Some(200_000))));
+        assert_eq!(d.cap_bps(), None);
+        // It lapses without feedback too (a silent link is the estimator's to judge).
+        d.on_feedback(t0 + MS(2000), Some(&feedback(0.5, 170, Some(250_000))));
+        d.on_feedback(t0 + MS(2200), Some(&feedback(0.5, 170, Some(250_000))));
+        assert_eq!(d.cap_bps(), Some(250_000));
+        d.on_feedback(t0 + MS(2200) + HOLD, None);
         assert_eq!(d.cap_bps(), None);
     }
 
@@ -89,15 +132,48 @@ mod tests {
     fn radio_loss_at_the_usual_round_trip_is_left_to_the_estimator() {
         let t0 = Instant::now();
         let mut d = OverflowDetector::default();
-        d.on_stats(t0, 0, None, Some(MS(300)));
+        d.on_feedback(t0, Some(&feedback(0.0, 300, Some(500_000))));
         // 30 % bursty loss, round trip unchanged.
-        d.on_stats(t0 + MS(1000), 125_000, Some(0.3), Some(MS(305)));
-        assert_eq!(d.cap_bps(), None);
-        // Without a round trip there is no evidence of a queue either.
-        d.on_stats(t0 + MS(2000), 250_000, Some(0.3), None);
+        d.on_feedback(t0 + MS(200), Some(&feedback(0.3, 305, Some(500_000))));
         assert_eq!(d.cap_bps(), None);
         // Mild loss with a growing queue is the estimator's business too.
-        d.on_stats(t0 + MS(3000), 375_000, Some(0.1), Some(MS(400)));
+        d.on_feedback(t0 + MS(400), Some(&feedback(0.1, 400, Some(500_000))));
         assert_eq!(d.cap_bps(), None);
+        // Too few packets to judge, or arrivals too close together for a rate.
+        let few = RecentFeedback {
+            packets: 4,
+            ..feedback(0.5, 400, Some(100_000))
+        };
+        d.on_feedback(t0 + MS(600), Some(&few));
+        d.on_feedback(t0 + MS(800), Some(&feedback(0.5, 400, None)));
+        assert_eq!(d.cap_bps(), None);
+    }
+
+    #[test]
+    fn the_round_trip_floor_is_the_lowest_seen() {
+        let t0 = Instant::now();
+        let mut d = OverflowDetector::default();
+        // The first reading already carries a queue; a later one shows the true floor.
+        d.on_feedback(t0, Some(&feedback(0.0, 120, Some(500_000))));
+        d.on_feedback(t0 + MS(200), Some(&feedback(0.0, 60, Some(500_000))));
+        // 120 ms is 60 ms over the floor now: a queue.
+        d.on_feedback(t0 + MS(400), Some(&feedback(0.5, 120, Some(300_000))));
+        assert!(d.on_feedback(t0 + MS(600), Some(&feedback(0.5, 120, Some(300_000)))));
+    }
+
+    #[test]
+    fn a_single_overflowing_reading_is_a_burst_not_a_collapse() {
+        let t0 = Instant::now();
+        let mut d = OverflowDetector::default();
+        d.on_feedback(t0, Some(&feedback(0.0, 300, Some(400_000))));
+        // A keyframe's burst meets a loss burst, then the link is calm again, twice over.
+        for start in [MS(200), MS(600)] {
+            d.on_feedback(t0 + start, Some(&feedback(0.4, 350, Some(450_000))));
+            d.on_feedback(
+                t0 + start + MS(200),
+                Some(&feedback(0.02, 305, Some(400_000))),
+            );
+            assert_eq!(d.cap_bps(), None);
+        }
     }
 }

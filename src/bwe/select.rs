@@ -14,7 +14,9 @@
 //!   upper temporal layers is safe on any frame; raising them waits for a layer-sync frame (or a
 //!   keyframe), one temporal layer at a time, because upper frames may reference ones we dropped.
 //! - While stepping down to a lower spatial layer, the layer being left is cut to TL0 at once: about
-//!   half its rate comes off the congested link before the lower layer's keyframe arrives.
+//!   half its rate comes off the congested link before the lower layer's keyframe arrives. While
+//!   the link overflows (a collapse: most of what is sent is lost anyway), it is cut altogether,
+//!   so that the queue drains and the lower layer's keyframe gets through whole.
 
 use std::cmp::Ordering;
 use std::time::{Duration, Instant};
@@ -90,6 +92,8 @@ pub struct LayerSelector {
     forwarded_temporal: u8,
     /// The subscriber's send queue is backed up: temporal layer 0 only until it drains.
     backlogged: bool,
+    /// The link drops most of what is sent: a layer being left is cut at once.
+    overflowing: bool,
 
     rise: Option<Rise>,
     recent_down_steps: u32,
@@ -112,6 +116,7 @@ impl LayerSelector {
             current: None,
             forwarded_temporal: ALL_TEMPORAL,
             backlogged: false,
+            overflowing: false,
             rise: None,
             recent_down_steps: 0,
             last_down_step: None,
@@ -164,6 +169,22 @@ impl LayerSelector {
     /// it; upper layers return at their next sync point.
     pub fn set_backlogged(&mut self, backlogged: bool) {
         self.backlogged = backlogged;
+    }
+
+    /// Whether the subscriber's link overflows now ([`super::OverflowDetector`]). While it does,
+    /// a layer being stepped down from stops at once instead of flowing at TL0 until the lower
+    /// layer's keyframe: its frames would mostly be lost, and they would delay that keyframe.
+    pub fn set_overflowing(&mut self, overflowing: bool) {
+        self.overflowing = overflowing;
+        self.cut_if_overflowing();
+    }
+
+    /// Nothing flows after a cut (its next frames would miss the ones dropped): the target's
+    /// keyframe starts the picture again, as after a pause.
+    fn cut_if_overflowing(&mut self) {
+        if self.overflowing && self.current > self.target.map(|t| t.layer) {
+            self.current = None;
+        }
     }
 
     /// Take this track's allocation from the latest [`super::allocate()`] run.
@@ -351,6 +372,7 @@ impl LayerSelector {
                 self.waiting_since.get_or_insert(now);
             }
         }
+        self.cut_if_overflowing();
     }
 
     fn note_down_step(&mut self, now: Instant) {
@@ -591,6 +613,43 @@ mod tests {
         );
         assert_eq!(s.current(), full(0));
         assert!(s.on_frame(delta(0, 2)).forward, "target is full frame rate");
+    }
+
+    #[test]
+    fn an_overflowing_link_cuts_the_layer_being_left_altogether() {
+        let t0 = Instant::now();
+        let mut s = flowing(t0, 2);
+        s.set_overflowing(true);
+        // Still on the target: nothing changes.
+        assert!(s.on_frame(delta(2, 0)).forward);
+        s.on_allocation(t0 + ms(100), full(0));
+        assert!(!s.on_frame(delta(2, 0)).forward, "not even TL0");
+        assert_eq!(s.keyframe_request(t0 + ms(100)).map(|r| r.layer), Some(0));
+        assert_eq!(
+            s.on_frame(key(0)),
+            FrameDecision {
+                forward: true,
+                switched: true
+            }
+        );
+        assert!(s.on_frame(delta(0, 1)).forward);
+
+        // Without the overflow, the layer being left keeps its TL0 until the keyframe.
+        let mut s = flowing(t0, 2);
+        s.on_allocation(t0 + ms(100), full(0));
+        assert!(s.on_frame(delta(2, 0)).forward);
+        // An overflow noticed meanwhile cuts it, for good: once frames are dropped, the next ones
+        // would not decode, so even the overflow ending does not bring the old layer back.
+        s.set_overflowing(true);
+        assert!(!s.on_frame(delta(2, 0)).forward);
+        s.set_overflowing(false);
+        assert!(!s.on_frame(delta(2, 0)).forward);
+        assert_eq!(s.current(), None);
+        // The allocation returns to the old layer before the switch: it needs a keyframe now.
+        s.on_allocation(t0 + ms(300), full(2));
+        assert_eq!(s.target(), full(0), "a rise is held");
+        assert!(!s.on_frame(key(2)).forward, "above the target");
+        assert!(s.on_frame(key(0)).switched);
     }
 
     #[test]

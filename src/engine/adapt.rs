@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use str0m::bwe::Bitrate;
 
-use crate::bwe::{allocate, LayerBitrate, LayerChoice as Choice, Priority, TrackDemand};
+use crate::bwe::{allocate, overflow, LayerBitrate, LayerChoice as Choice, Priority, TrackDemand};
 use crate::media::peer::OutState;
 use crate::media::{fec, red};
 use crate::signal::message::{
@@ -174,6 +174,7 @@ impl Engine {
         }
         peer.fec_mode = fec_mode;
         peer.fec_rate = fec_rate;
+        let overflowing = allocation.is_some() && peer.overflow.cap_bps().is_some();
         for (i, demand) in demands.iter().enumerate() {
             let Some(video) = peer
                 .subscribed
@@ -182,6 +183,7 @@ impl Engine {
             else {
                 continue;
             };
+            video.selector.set_overflowing(overflowing);
             if video.selector.max() != demand.max_layer {
                 video.selector.set_max(now, demand.max_layer);
             }
@@ -220,6 +222,22 @@ impl Engine {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
+            let mut repaced = false;
+            if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
+                let feedback = peer.rtc.bwe().recent_feedback(overflow::WINDOW);
+                if peer.overflow.on_feedback(now, feedback.as_ref()) {
+                    tracing::debug!(%id, ?feedback, "link overflows: allocation bounded");
+                }
+                let pacing_cap = peer.overflow.cap_bps().map(overflow::pacing_cap);
+                if peer.pacing_cap != pacing_cap {
+                    peer.pacing_cap = pacing_cap;
+                    peer.rtc.bwe().set_pacing_cap(pacing_cap.map(Bitrate::bps));
+                    repaced = true;
+                }
+            }
+            if repaced {
+                self.mark_dirty(id);
+            }
             self.reallocate(id, now);
             let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) else {
                 continue;

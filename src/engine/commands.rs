@@ -574,8 +574,8 @@ impl Engine {
                     self.tuning.max_video_bps,
                     self.tuning.retransmit_window,
                 ))
-                // Loss and RTT twice a second: the collapse bound (`bwe::overflow`) reacts within
-                // half a second of a link's capacity dropping.
+                // Loss and RTT twice a second for FEC and the teacher's link lights (the collapse
+                // bound reads feedback itself, at the adaptation tick).
                 .set_stats_interval(Some(std::time::Duration::from_millis(500)))
                 .build(now);
             for c in candidates {

@@ -297,6 +297,7 @@ impl Engine {
                                 }
                             }
                             if decision.switched {
+                                tracing::debug!(subscriber = %sub_id, layer, "switched layer");
                                 sub.seq.rebase(in_seq);
                                 video.timeline.rebase(time, now);
                                 video.pictures.rebase(vp8.picture_id(), vp8.tl0_pic_idx());
@@ -532,5 +533,6 @@ fn request_keyframe(
     if let Some(stream) = peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
         stream.request_keyframe(KeyframeRequestKind::Pli);
         metrics.keyframe_requests.inc();
+        tracing::debug!(%publisher, %mid, layer, "keyframe requested");
     }
 }

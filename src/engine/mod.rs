@@ -582,14 +582,7 @@ impl Engine {
                             stats.rtt.map(|d| d.as_millis() as u32),
                         );
                         peer.rtt = stats.rtt;
-                        peer.overflow.on_stats(
-                            stats.timestamp,
-                            stats.peer_bytes_tx,
-                            stats.egress_loss_fraction,
-                            stats.rtt,
-                        );
-                        tracing::trace!(%id, loss = ?stats.egress_loss_fraction, rtt = ?stats.rtt,
-                            cap = ?peer.overflow.cap_bps(), "peer stats");
+                        tracing::trace!(%id, loss = ?stats.egress_loss_fraction, rtt = ?stats.rtt, "peer stats");
                     }
                     conn.latest = PeerTotals {
                         bytes_rx: stats.peer_bytes_rx,

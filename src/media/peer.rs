@@ -146,6 +146,8 @@ pub struct Peer {
     pub estimate_bps: Option<u64>,
     /// Bounds the allocation by what got through while the link overflows (a collapse).
     pub overflow: crate::bwe::OverflowDetector,
+    /// The pacing bound handed to str0m while the link overflows (see `bwe::overflow::pacing_cap`).
+    pub pacing_cap: Option<u64>,
     /// Latest loss fraction (0..1) and RTT towards this peer, from str0m's peer stats.
     pub loss: Option<f32>,
     pub rtt: Option<std::time::Duration>,
@@ -180,6 +182,7 @@ impl Peer {
             max_layer: LayerChoice::Auto,
             estimate_bps: None,
             overflow: Default::default(),
+            pacing_cap: None,
             loss: None,
             rtt: None,
             red_depth: 1,

@@ -277,6 +277,28 @@ mod tests {
     }
 
     #[test]
+    fn pacing_cap_holds_pacing_under_the_estimate_until_lifted() {
+        let mut rtc = idle_rtc();
+        let paced_at_estimate = rtc.session.pacing_rate().expect("leaky bucket pacer");
+        rtc.bwe().set_pacing_cap(Some(Bitrate::kbps(100)));
+        assert!(!rtc.readiness.wants_events(), "tongbu patch: no event");
+        assert!(rtc.readiness.wants_timeout());
+        let capped = rtc.session.pacing_rate().expect("leaky bucket pacer");
+        assert!(
+            capped < paced_at_estimate,
+            "{capped} vs {paced_at_estimate}"
+        );
+        assert!(
+            capped <= Bitrate::kbps(111),
+            "1.1 × the cap at most: {capped}"
+        );
+        rtc.bwe().set_pacing_cap(None);
+        // Paced at 1.1 × the 300 kbit/s estimate again.
+        let lifted = rtc.session.pacing_rate().expect("leaky bucket pacer");
+        assert!(lifted >= Bitrate::kbps(329), "{lifted}");
+    }
+
+    #[test]
     fn readiness_bwe_reset_only_wakes_timeout() {
         let mut rtc = idle_rtc();
         rtc.bwe().reset(Bitrate::kbps(900));

@@ -34,7 +34,7 @@ use crate::rtp_::SeqNo;
 use crate::rtp_::SeqNoWindow;
 use crate::rtp_::{Bitrate, ExtensionMap, Goodbye, Mid, ReportList, Rtcp, RtcpFb};
 use crate::rtp_::{Dlrr, DlrrItem, ExtendedReport, ReportBlock};
-use crate::rtp_::{RtpHeader, SessionId, TwccPacketId, extend_u16};
+use crate::rtp_::{RecentFeedback, RtpHeader, SessionId, TwccPacketId, extend_u16};
 use crate::rtp_::{SrtpContext, Ssrc};
 use crate::rtp_::{TwccRecvRegister, TwccSendRegister};
 use crate::stats::StatsSnapshot;
@@ -105,6 +105,8 @@ pub(crate) struct Session {
     /// A pacer for sending RTP at specific rate.
     pacer: PacerImpl,
     pacer_control: PacerControl,
+    /// (tongbu patch) The application's bound on pacing and padding, below the estimate.
+    pacing_cap: Option<Bitrate>,
 
     // temporary buffer when getting the next (unencrypted) RTP packet from Media line.
     poll_packet_buf: Vec<u8>,
@@ -207,6 +209,7 @@ impl Session {
             enable_twcc_feedback: false,
             pacer,
             pacer_control: PacerControl::new(),
+            pacing_cap: None,
             poll_packet_buf: vec![0; 2000],
             pending_packet: None,
             media_bytes_rx: 0,
@@ -1400,6 +1403,23 @@ impl Session {
         snapshot.ingress_loss_fraction = self.twcc_rx_register.loss();
     }
 
+    /// (tongbu patch) See [`crate::bwe::Bwe::set_pacing_cap`].
+    pub fn set_pacing_cap(&mut self, cap: Option<Bitrate>) {
+        self.pacing_cap = cap;
+        self.configure_pacer();
+    }
+
+    /// The rate the pacer sends media at (tongbu patch: tests of the pacing cap).
+    #[cfg(test)]
+    pub(crate) fn pacing_rate(&self) -> Option<Bitrate> {
+        self.pacer.pacing_rate()
+    }
+
+    /// (tongbu patch) See [`TwccSendRegister::recent_feedback`].
+    pub fn recent_feedback(&self, window: Duration) -> Option<RecentFeedback> {
+        self.twcc_tx_register.recent_feedback(window)
+    }
+
     pub fn set_bwe_bitrate(&mut self, minimum: Bitrate, desired: Bitrate) {
         if let Some(bwe) = self.bwe.as_mut() {
             bwe.set_bitrate(minimum, desired);
@@ -1441,6 +1461,10 @@ impl Session {
             // No estimate yet, no padding
             return;
         };
+        // tongbu patch: the application may hold pacing below the estimate.
+        let current_estimate = self
+            .pacing_cap
+            .map_or(current_estimate, |cap| current_estimate.min(cap));
         let is_overuse = bwe.is_overusing();
         let minimum = bwe.minimum_bitrate();
 

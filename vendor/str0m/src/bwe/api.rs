@@ -4,6 +4,7 @@ use crate::poll::RtcMut;
 use crate::{Rtc, rtp_::Mid};
 
 pub use crate::rtp_::Bitrate;
+pub use crate::rtp_::RecentFeedback;
 
 #[derive(Debug, PartialEq)]
 #[non_exhaustive]
@@ -88,6 +89,27 @@ impl<'a> Bwe<'a> {
         m.session.set_bwe_bitrate(minimum, desired);
         // Reconfiguring BWE only re-arms the estimator/pacer timers; any probing
         // padding is produced later from the timeout path, so no event is queued.
+        m.no_events();
+    }
+
+    /// (tongbu patch) Loss, round trip and delivered rate of the packets sent during `window` before
+    /// the newest one transport-wide feedback covered. Read at the caller's pace (cheap: walks
+    /// the window's send records) where [`PeerStats`][crate::stats::PeerStats] comes too seldom
+    /// and averages over a second that includes packets still in flight. `None` before feedback
+    /// or without TWCC.
+    pub fn recent_feedback(&self, window: std::time::Duration) -> Option<RecentFeedback> {
+        self.0.session.recent_feedback(window)
+    }
+
+    /// (tongbu patch) Pace (and pad) at no more than `cap` while it is set, whatever the estimate.
+    /// For an application that knows the link better than the estimator does for a while: a
+    /// collapsed link whose queue overflows, seconds before the delay-based estimate falls,
+    /// where pacing at the old estimate would send every keyframe in a burst the queue drops.
+    /// `None` paces at the estimate again.
+    pub fn set_pacing_cap(&mut self, cap: Option<Bitrate>) {
+        let mut m = self.0.mutate();
+        m.session.set_pacing_cap(cap);
+        // Like set_bitrate: only the pacer's rates and timers move.
         m.no_events();
     }
 

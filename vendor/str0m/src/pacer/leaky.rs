@@ -52,6 +52,14 @@ pub struct LeakyBucketPacer {
     needs_timeout_before_next_poll: bool,
 }
 
+impl LeakyBucketPacer {
+    /// The rate media is paced at (tongbu patch: tests of the pacing cap).
+    #[cfg(test)]
+    pub(crate) fn pacing_bitrate(&self) -> Bitrate {
+        self.pacing_bitrate
+    }
+}
+
 impl Pacer for LeakyBucketPacer {
     fn set_pacing_rate(&mut self, pacing_bitrate: Bitrate) {
         self.pacing_bitrate = pacing_bitrate;

@@ -47,6 +47,15 @@ impl PacerImpl {
         }
     }
 
+    /// The rate media is paced at (tongbu patch: tests of the pacing cap); `None` unpaced.
+    #[cfg(test)]
+    pub(crate) fn pacing_rate(&self) -> Option<Bitrate> {
+        match self {
+            PacerImpl::Null(_) => None,
+            PacerImpl::LeakyBucket(v) => Some(v.pacing_bitrate()),
+        }
+    }
+
     pub fn check_probe_complete(&mut self, now: Instant) -> Option<TwccClusterId> {
         match self {
             PacerImpl::Null(_) => None,

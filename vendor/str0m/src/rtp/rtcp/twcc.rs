@@ -1355,6 +1355,68 @@ impl TwccSendRegister {
     pub fn rtt(&self) -> Option<Duration> {
         self.queue.iter().rev().find_map(|s| s.rtt())
     }
+
+    /// (tongbu patch) What feedback says of the packets sent during the `window` that ends with the
+    /// newest reported packet: anchored at feedback, not at `now`, so the packets still in flight
+    /// do not dilute it and a short window works at feedback pace.
+    pub fn recent_feedback(&self, window: Duration) -> Option<RecentFeedback> {
+        let mut reported = self.queue.iter().rev().filter(|s| s.recv_report.is_some());
+        let newest = reported.next()?;
+        let rtt = newest.rtt()?;
+        let lower_bound = newest.local_send_time.checked_sub(window)?;
+        let mut packets = 0u32;
+        let mut lost = 0u32;
+        let mut delivered_bytes = 0u64;
+        // Arrival span of the delivered packets, to measure the rate the link drained them at:
+        // the earliest arrival (and its size: its bytes came before the span) and the latest.
+        let mut earliest: Option<(Instant, u64)> = None;
+        let mut latest: Option<Instant> = None;
+        for record in std::iter::once(newest)
+            .chain(reported)
+            .take_while(|s| s.local_send_time >= lower_bound)
+        {
+            packets += 1;
+            let Some(at) = record.remote_recv_time() else {
+                lost += 1;
+                continue;
+            };
+            let size = record.size() as u64;
+            delivered_bytes += size;
+            if earliest.map_or(true, |(first, _)| at < first) {
+                earliest = Some((at, size));
+            }
+            latest = Some(latest.map_or(at, |last| last.max(at)));
+        }
+        let delivered_bps = match (earliest, latest) {
+            (Some((first, first_size)), Some(last)) => {
+                let span = last.saturating_duration_since(first);
+                (span >= window / 4).then(|| {
+                    ((delivered_bytes - first_size) as f64 * 8.0 / span.as_secs_f64()) as u64
+                })
+            }
+            _ => None,
+        };
+        Some(RecentFeedback {
+            packets,
+            loss: lost as f32 / packets as f32,
+            rtt,
+            delivered_bps,
+        })
+    }
+}
+
+/// (tongbu patch) See [`TwccSendRegister::recent_feedback`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecentFeedback {
+    /// Packets sent in the window (all reported, received or lost).
+    pub packets: u32,
+    /// Fraction of them reported lost.
+    pub loss: f32,
+    /// Send to feedback of the newest reported packet.
+    pub rtt: Duration,
+    /// Bytes delivered over their arrival span, in bit/s; `None` when the arrivals span less
+    /// than a quarter of the window (too few to measure a rate).
+    pub delivered_bps: Option<u64>,
 }
 
 #[derive()]
@@ -2316,6 +2378,66 @@ mod test {
             pct, 25,
             "The loss percentage should be 25 as 2 out of 8 packets are lost"
         );
+    }
+
+    #[test]
+    fn recent_feedback_is_anchored_at_the_newest_reported_packet() {
+        let mut reg = TwccSendRegister::new(25);
+        let start = Instant::now();
+        let mut now = start;
+        for i in 0..9 {
+            reg.register_seq(TwccPacketId::new(i), now, 1000);
+            now = now + Duration::from_millis(15);
+        }
+        // Not yet reported: it must not count as lost nor move the anchor.
+        reg.register_seq(TwccPacketId::new(9), now, 1000);
+        assert_eq!(reg.recent_feedback(Duration::from_millis(200)), None);
+
+        let report_at = start + Duration::from_millis(140);
+        #[allow(unused_must_use)]
+        reg.apply_report(
+            Twcc {
+                sender_ssrc: Ssrc::new(),
+                ssrc: Ssrc::new(),
+                base_seq: 0,
+                status_count: 9,
+                reference_time: 35,
+                feedback_count: 0,
+                // Received, received, received, lost, received, lost, received, received, received.
+                chunks: [
+                    PacketChunk::VectorDouble(0b11_01_01_01_00_01_00_01, 7),
+                    PacketChunk::Run(PacketStatus::ReceivedSmallDelta, 2),
+                ]
+                .into(),
+                // 15 ms between arrivals (units of 250 µs).
+                delta: [Delta::Small(60); 7].into(),
+            },
+            report_at,
+        )
+        .expect("apply_report to return Some(_)");
+
+        let all = reg
+            .recent_feedback(Duration::from_millis(200))
+            .expect("feedback");
+        assert_eq!(all.packets, 9);
+        assert_eq!(all.loss, 2.0 / 9.0);
+        // Packet 8 went out at 120 ms, its report came at 140 ms.
+        assert_eq!(all.rtt, Duration::from_millis(20));
+        // Six packets of 1000 bytes after the first arrival, over 6 × 15 ms.
+        assert_eq!(all.delivered_bps, Some(533_333));
+
+        // The last 40 ms of sends before packet 8: packets 6, 7, 8, all received.
+        let tail = reg
+            .recent_feedback(Duration::from_millis(40))
+            .expect("feedback");
+        assert_eq!((tail.packets, tail.loss), (3, 0.0));
+        assert_eq!(tail.delivered_bps, Some(533_333));
+
+        // A window whose arrivals span too little for a rate.
+        let long = reg
+            .recent_feedback(Duration::from_millis(1000))
+            .expect("feedback");
+        assert_eq!((long.packets, long.delivered_bps), (9, None));
     }
 
     #[test]
