@@ -322,6 +322,21 @@ fn commit(
     }
 }
 
+impl Allocation {
+    /// The rate str0m should keep the link busy at, with padding where media falls short (its
+    /// `minimum`; str0m never pads above its estimate): what is allocated, or, while a video track
+    /// is paused, what resuming it needs. A paused subscriber sends audio alone, and an estimator
+    /// learns nothing above the rate it sees acknowledged: without padding the estimate stayed
+    /// under the lowest layer for 16 s of a collapse's 30 s after the link had settled.
+    pub fn sustain_bps(&self) -> u64 {
+        let paused = self.tracks.iter().any(|t| t.choice.is_none());
+        match self.next_step_bps {
+            Some(resume) if paused => resume.max(self.allocated_bps),
+            _ => self.allocated_bps,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,6 +469,34 @@ mod tests {
         // Enough for everything: the full rate.
         let rich = allocate(2_000_000, &camera(Some(600_000)), &tuning);
         assert_eq!(choice_of(&rich, CAMERA), Some(LayerChoice::full(2)));
+    }
+
+    #[test]
+    fn a_paused_track_keeps_the_link_busy_at_what_resuming_it_needs() {
+        let tuning = Tuning::default();
+        let camera = video(
+            CAMERA,
+            Priority::TeacherCamera,
+            &[(150_000, Some(60_000)), (500_000, None)],
+            1,
+        );
+        let tracks = vec![audio(AUDIO, 32_000, 1.0), camera];
+        // 100 kbit/s × 0.9 headroom: audio with RED (64 kbit/s) fits, the camera's TL0 does not.
+        let paused = allocate(100_000, &tracks, &tuning);
+        assert_eq!(choice_of(&paused, CAMERA), None);
+        assert_eq!(paused.allocated_bps, 64_000);
+        let resume = paused.next_step_bps.expect("a step did not fit");
+        assert_eq!(paused.sustain_bps(), resume);
+        assert!(allocate(resume, &tracks, &tuning)
+            .tracks
+            .iter()
+            .all(|t| t.choice.is_some()));
+        // Flowing, with a higher step blocked: only what is allocated (padding up to the next
+        // step would fill every weak link to its estimate for a layer it may never take).
+        let flowing = allocate(300_000, &tracks, &tuning);
+        assert!(choice_of(&flowing, CAMERA).is_some());
+        assert!(flowing.next_step_bps.is_some());
+        assert_eq!(flowing.sustain_bps(), flowing.allocated_bps);
     }
 
     #[test]

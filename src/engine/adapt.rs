@@ -201,12 +201,12 @@ impl Engine {
             tracing::trace!(%id, estimate, allocated = a.allocated_bps, desired = a.desired_bps, tracks = ?a.tracks, ?demands, "allocation");
         }
         if let Some(a) = allocation {
-            let desired = a.desired_bps.max(a.allocated_bps);
-            if peer.bwe_desired != Some(desired) {
-                peer.bwe_desired = Some(desired);
+            let rates = (a.sustain_bps(), a.desired_bps.max(a.allocated_bps));
+            if peer.bwe_rates != Some(rates) {
+                peer.bwe_rates = Some(rates);
                 peer.rtc
                     .bwe()
-                    .set_bitrate(Bitrate::bps(a.allocated_bps), Bitrate::bps(desired));
+                    .set_bitrate(Bitrate::bps(rates.0), Bitrate::bps(rates.1));
                 self.mark_dirty(id);
             }
         }

@@ -298,6 +298,12 @@ impl Engine {
                             }
                             if decision.switched {
                                 tracing::debug!(subscriber = %sub_id, layer, "switched layer");
+                                // The decoder restarts from this keyframe: queued frames and
+                                // resends of what came before it would only delay it (after a
+                                // collapse, seconds of them at the capped pacing rate).
+                                if let Some(tx) = rtc.direct_api().stream_tx_by_mid(out_mid, None) {
+                                    tx.drop_queued();
+                                }
                                 sub.seq.rebase(in_seq);
                                 video.timeline.rebase(time, now);
                                 video.pictures.rebase(vp8.picture_id(), vp8.tl0_pic_idx());

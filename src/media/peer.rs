@@ -159,8 +159,9 @@ pub struct Peer {
     pub fec_rate: f32,
     /// Loss and round trip as FEC sees them (`media::fec::FecLink`).
     pub fec_link: FecLink,
-    /// The desired bitrate last given to str0m's estimator (it probes up to it).
-    pub bwe_desired: Option<u64>,
+    /// The minimum (sustained, padding included) and desired bitrates last given to str0m's
+    /// estimator (it probes up to the desired one).
+    pub bwe_rates: Option<(u64, u64)>,
     /// The last `quality` report sent to the client.
     pub last_quality: Vec<TrackQuality>,
     /// Since when ICE has been disconnected, if it is.
@@ -189,7 +190,7 @@ impl Peer {
             fec_mode: false,
             fec_rate: 0.0,
             fec_link: FecLink::default(),
-            bwe_desired: None,
+            bwe_rates: None,
             last_quality: Vec::new(),
             ice_lost_since: None,
             egress_nacks: Default::default(),

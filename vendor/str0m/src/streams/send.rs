@@ -452,6 +452,18 @@ impl StreamTx {
         self.midrid.rid()
     }
 
+    /// Drops every packet not yet sent, every resend waiting, and the retransmission cache
+    /// (tongbu patch). For a forwarder about to send a keyframe that supersedes them all: after
+    /// a simulcast switch, queued frames of the layer left behind only delay it, and on a
+    /// collapsed link that is seconds of them. Their sequence numbers stay used: the receiver
+    /// sees a gap just before the keyframe and stops asking for it once the keyframe arrives.
+    pub fn drop_queued(&mut self) {
+        self.send_queue.clear();
+        self.resends.clear();
+        self.rtx_cache.clear();
+        self.padding = 0;
+    }
+
     /// Information sampled during the latest pacer update for this stream's send queue.
     ///
     /// This is `None` until the pacer has observed the stream for the first time.
