@@ -228,7 +228,12 @@ impl Engine {
                 if peer.overflow.on_feedback(now, feedback.as_ref()) {
                     tracing::debug!(%id, ?feedback, "link overflows: allocation bounded");
                 }
-                let pacing_cap = peer.overflow.cap_bps().map(overflow::pacing_cap);
+                // The baseline (`--no-adaptation`) keeps str0m's own pacing.
+                let pacing_cap = peer
+                    .overflow
+                    .cap_bps()
+                    .filter(|_| self.adaptation)
+                    .map(overflow::pacing_cap);
                 if peer.pacing_cap != pacing_cap {
                     peer.pacing_cap = pacing_cap;
                     peer.rtc.bwe().set_pacing_cap(pacing_cap.map(Bitrate::bps));

@@ -1581,6 +1581,41 @@ mod test {
     }
 
     #[test]
+    fn drop_queued_sends_the_next_write_first_and_keeps_its_number() {
+        // tongbu patch: a keyframe written after drop_queued goes out next, with the sequence
+        // number it was written with (the dropped ones leave a gap before it).
+        let now = Instant::now();
+        let codecs = CodecConfig::new_with_defaults();
+        let pt = codecs.params()[0].pt();
+        let exts = ExtensionMap::standard();
+        let mut streams = crate::streams::Streams::new(false, 1200, Duration::from_millis(1500));
+        let stream = streams.declare_stream_tx(42.into(), None, MidRid("vid".into(), None));
+        let mut buf = vec![];
+        for i in 0..10_u64 {
+            stream.write_rtp(RtpWrite::new(pt, i.into(), 0, now, vec![0_u8; 1000]));
+        }
+        stream.send_queue.handle_timeout(now);
+        let sent = stream
+            .poll_packet(now, &exts, None, codecs.params(), &mut buf)
+            .expect("the first packet");
+        assert_eq!(*sent.seq_no, 0);
+        stream.drop_queued();
+        assert_eq!(stream.queue_state(now).snapshot.packet_count, 0);
+        stream.write_rtp(RtpWrite::new(pt, 10.into(), 0, now, vec![1_u8; 1000]));
+        stream.send_queue.handle_timeout(now);
+        let next = stream
+            .poll_packet(now, &exts, None, codecs.params(), &mut buf)
+            .expect("the keyframe");
+        assert_eq!(*next.seq_no, 10);
+        assert!(
+            stream
+                .poll_packet(now, &exts, None, codecs.params(), &mut buf)
+                .is_none(),
+            "nothing else was left queued"
+        );
+    }
+
+    #[test]
     fn padding_accounting_and_sequence_rollover() {
         let now = Instant::now();
         let mut sender = StreamTx::new_probe(1200);
