@@ -27,7 +27,7 @@ const MIN_PACKETS: u32 = 8;
 const READINGS: u32 = 2;
 /// A bound stays this long after the last overflowing reading: the queue needs that long to
 /// drain and the estimator to follow, and lifting it sooner would refill the queue at once.
-pub const HOLD: Duration = Duration::from_secs(1);
+const HOLD: Duration = Duration::from_secs(1);
 
 /// What str0m may pace at while the link is bounded at `cap_bps`: a little under it, so that the
 /// overflowing queue drains and the next keyframe does not arrive as a burst it drops (str0m paces
@@ -56,8 +56,8 @@ impl OverflowDetector {
         let Some(fb) = feedback else {
             return false;
         };
-        let floor = *self.min_rtt.get_or_insert(fb.rtt);
-        self.min_rtt = Some(floor.min(fb.rtt));
+        let floor = self.min_rtt.map_or(fb.rtt, |lowest| lowest.min(fb.rtt));
+        self.min_rtt = Some(floor);
         let overflowing =
             fb.packets >= MIN_PACKETS && fb.loss > SEVERE_LOSS && fb.rtt >= floor + QUEUE_GROWTH;
         let Some(delivered) = fb.delivered_bps.filter(|_| overflowing) else {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use str0m::bwe::Bitrate;
 
 use crate::bwe::{allocate, overflow, LayerBitrate, LayerChoice as Choice, Priority, TrackDemand};
-use crate::media::peer::OutState;
+use crate::media::peer::{OutState, Peer};
 use crate::media::{fec, red};
 use crate::signal::message::{
     LayerChoice, LinkInfo, LinkLevel, MediaKind, Role, ServerMessage, SourceKind, TrackQuality,
@@ -222,24 +222,12 @@ impl Engine {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            let mut repaced = false;
-            if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
-                let feedback = peer.rtc.bwe().recent_feedback(overflow::WINDOW);
-                if peer.overflow.on_feedback(now, feedback.as_ref()) {
-                    tracing::debug!(%id, ?feedback, "link overflows: allocation bounded");
-                }
-                // The baseline (`--no-adaptation`) keeps str0m's own pacing.
-                let pacing_cap = peer
-                    .overflow
-                    .cap_bps()
-                    .filter(|_| self.adaptation)
-                    .map(overflow::pacing_cap);
-                if peer.pacing_cap != pacing_cap {
-                    peer.pacing_cap = pacing_cap;
-                    peer.rtc.bwe().set_pacing_cap(pacing_cap.map(Bitrate::bps));
-                    repaced = true;
-                }
-            }
+            let adaptation = self.adaptation;
+            let repaced = self
+                .conns
+                .get_mut(&id)
+                .and_then(|c| c.peer.as_mut())
+                .is_some_and(|peer| follow_overflow(id, peer, now, adaptation));
             if repaced {
                 self.mark_dirty(id);
             }
@@ -388,6 +376,27 @@ impl Engine {
             self.send(id, msg);
         }
     }
+}
+
+/// Reads the subscriber's newest transport-wide feedback into its overflow detector and, while
+/// the link overflows, holds str0m's pacing under what it delivered (the baseline,
+/// `--no-adaptation`, keeps str0m's own pacing). True when the pacing changed.
+fn follow_overflow(id: ConnId, peer: &mut Peer, now: Instant, adaptation: bool) -> bool {
+    let feedback = peer.rtc.bwe().recent_feedback(overflow::WINDOW);
+    if peer.overflow.on_feedback(now, feedback.as_ref()) {
+        tracing::debug!(%id, ?feedback, "link overflows: allocation bounded");
+    }
+    let pacing_cap = peer
+        .overflow
+        .cap_bps()
+        .filter(|_| adaptation)
+        .map(overflow::pacing_cap);
+    if peer.pacing_cap == pacing_cap {
+        return false;
+    }
+    peer.pacing_cap = pacing_cap;
+    peer.rtc.bwe().set_pacing_cap(pacing_cap.map(Bitrate::bps));
+    true
 }
 
 #[cfg(test)]
