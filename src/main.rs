@@ -110,6 +110,9 @@ struct ServeArgs {
     /// Never send ULPFEC on video (repair by NACK only); for comparison runs.
     #[arg(long)]
     no_video_fec: bool,
+    /// Let loss cut the estimate even at a steady round trip (radio loss); for comparison runs.
+    #[arg(long)]
+    no_loss_tolerance: bool,
 }
 
 fn load_directory(path: Option<&PathBuf>) -> anyhow::Result<Directory> {
@@ -199,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
                     ),
                     retransmit_share_cap: args.retransmit_share_cap.clamp(0.05, 1.0),
                     video_fec: !args.no_video_fec,
+                    loss_tolerance: !args.no_loss_tolerance,
                     ..Default::default()
                 },
                 time_zone: chrono_tz::Asia::Shanghai,

@@ -56,6 +56,12 @@ pub struct TrackDemand {
     /// Repair traffic on top of the media as a fraction of it (audio RED at distance 1: about 1.0;
     /// video RTX under loss: about the loss rate). Counted inside the allocation.
     pub redundancy: f64,
+    /// Whether a higher layer may be taken at part of its frame rate (TL0+TL1 of three temporal
+    /// layers). Not on a link that loses packets faster than NACK repairs them: half of a
+    /// half-rate stream's frames are base-layer frames, each of which every later frame needs,
+    /// so each loss freezes the picture until it is repaired; at the full rate three frames in
+    /// four can be lost alone.
+    pub partial_rates: bool,
 }
 
 /// The highest temporal layer of "every temporal layer": full frame rate.
@@ -251,7 +257,8 @@ fn prepare(tracks: &[TrackDemand], tuning: &Tuning) -> Vec<Ladder> {
                         .tl1_bps
                         .map(|bps| (1, bps))
                         .or(layer.tl0_bps.map(|bps| (0, bps)));
-                    if let Some((temporal, partial_bps)) = half.filter(|_| i > 0) {
+                    let half = half.filter(|_| i > 0 && track.partial_rates);
+                    if let Some((temporal, partial_bps)) = half {
                         let bps = with_repair(partial_bps);
                         if bps > last {
                             steps.push(Step {
@@ -367,6 +374,7 @@ mod tests {
                 .collect(),
             max_layer,
             redundancy: 0.0,
+            partial_rates: true,
         }
     }
 
@@ -382,6 +390,7 @@ mod tests {
             }],
             max_layer: 0,
             redundancy,
+            partial_rates: true,
         }
     }
 
@@ -453,6 +462,11 @@ mod tests {
         assert_eq!(with_tl1.allocated_bps, 664_000);
         let without = allocate(800_000, &camera(None), &tuning);
         assert_eq!(choice_of(&without, CAMERA), Some(LayerChoice::full(1)));
+        // A lossy link with a long round trip is offered full frame rates only.
+        let mut lossy = camera(Some(600_000));
+        lossy[1].partial_rates = false;
+        let lossy = allocate(800_000, &lossy, &tuning);
+        assert_eq!(choice_of(&lossy, CAMERA), Some(LayerChoice::full(1)));
         // A TL1 rate no dearer than the layer below is no step at all.
         let cheap = allocate(800_000, &camera(Some(400_000)), &tuning);
         assert_eq!(choice_of(&cheap, CAMERA), Some(LayerChoice::full(1)));

@@ -15,6 +15,8 @@
 pub mod allocate;
 pub mod keyframe;
 pub mod overflow;
+pub mod queue;
+pub mod radio_loss;
 pub mod rates;
 pub mod select;
 
@@ -26,6 +28,8 @@ pub use allocate::{
 };
 pub use keyframe::{keyframe_needed, KeyframeThrottle};
 pub use overflow::OverflowDetector;
+pub use queue::QueueGauge;
+pub use radio_loss::RadioLoss;
 pub use rates::{LayerRates, MAX_LAYERS};
 pub use select::{FrameDecision, FrameInfo, KeyframeRequest, LayerSelector};
 
@@ -50,6 +54,12 @@ pub struct Tuning {
     /// after a collapse the climb is ≈ 2 holds; measured in real Chromium (loadtest/README.md, 2 → 0.3 → 2 Mbit/s),
     /// 10 s took 23.8 s back to the top layer, 4 s took 9.4 s, with half the freeze time.
     pub up_hold_max: Duration,
+    /// How long a spatial step down (or a pause) waits while the link shows no congestion (no
+    /// overflow, no backed-up queue: those step down at once). 1 s: on a lossy 1 Mbit/s link the
+    /// estimate and the repair costs wobble by 10–20 % within a second, and the allocation
+    /// crossed a layer's edge back and forth every few seconds; each crossing cost a keyframe of
+    /// each layer, which on that link takes a second or more to arrive whole.
+    pub down_grace: Duration,
     /// How long a down-step counts as recent for the back-off. 10 s: a few GCC probe cycles; with
     /// 30 s every hold of a recovery after a 30 s collapse still ran at the cap.
     pub down_memory: Duration,
@@ -61,8 +71,12 @@ pub struct Tuning {
     /// A layer with no frame for this long is unavailable to the allocator. 2 s: twice the window,
     /// so a low-frame-rate screen share is not declared gone between two frames.
     pub layer_stale_after: Duration,
-    /// Oldest packet worth retransmitting: the longest village RTT (600 ms) plus jitter. Sizes
-    /// the retransmission history of each outgoing video stream (see `media::history`).
+    /// Oldest packet worth retransmitting; sizes the retransmission history of each outgoing
+    /// video stream (see `media::history`). 2 s: a lost base-layer packet holds up every frame
+    /// after it, and Chromium keeps those frames waiting for it for 3 s before it asks for a
+    /// keyframe. On a 300 ms link losing 14 % each way, one NACK round fails about one time in
+    /// four (the NACK or the resend lost); 1 s left room for three, and a base-layer packet
+    /// failed all three about once a minute, freezing the picture for 3.5 s each time.
     pub retransmit_window: Duration,
     /// Highest bitrate one outgoing video stream carries (the top simulcast layer with margin).
     pub max_video_bps: u64,
@@ -81,6 +95,9 @@ pub struct Tuning {
     /// lost packet is rebuilt on arrival of its FEC packet instead of one NACK round trip later.
     /// On by default; off only to measure what it does.
     pub video_fec: bool,
+    /// Whether loss at a steady round trip (radio loss) is kept from cutting the estimate
+    /// (`radio_loss`). On by default; off only to measure what it does.
+    pub loss_tolerance: bool,
 }
 
 impl Default for Tuning {
@@ -91,14 +108,16 @@ impl Default for Tuning {
             up_hold: Duration::from_secs(3),
             up_hold_max: Duration::from_secs(4),
             down_memory: Duration::from_secs(10),
+            down_grace: Duration::from_secs(1),
             keyframe_interval: Duration::from_millis(500),
             rate_window: Duration::from_secs(1),
             layer_stale_after: Duration::from_secs(2),
-            retransmit_window: Duration::from_secs(1),
+            retransmit_window: Duration::from_secs(2),
             max_video_bps: 2_500_000,
             retransmit_share_cap: 0.35,
             backlog_brake: Duration::from_millis(250),
             video_fec: true,
+            loss_tolerance: true,
         }
     }
 }

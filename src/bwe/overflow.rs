@@ -47,9 +47,15 @@ pub struct OverflowDetector {
 }
 
 impl OverflowDetector {
-    /// One reading of the newest feedback (`None`: none yet, or no transport-wide feedback).
+    /// One reading of the newest feedback (`None`: none yet, or no transport-wide feedback) and
+    /// the standing queue it shows ([`super::queue`]; `None` when no packet of it arrived).
     /// Returns true when this reading started a bound (for logging).
-    pub fn on_feedback(&mut self, now: Instant, feedback: Option<&RecentFeedback>) -> bool {
+    pub fn on_feedback(
+        &mut self,
+        now: Instant,
+        feedback: Option<&RecentFeedback>,
+        queue: Option<Duration>,
+    ) -> bool {
         if self.cap.is_some_and(|(_, until)| now >= until) {
             self.cap = None;
         }
@@ -58,8 +64,14 @@ impl OverflowDetector {
         };
         let floor = self.min_rtt.map_or(fb.rtt, |lowest| lowest.min(fb.rtt));
         self.min_rtt = Some(floor);
-        let overflowing =
-            fb.packets >= MIN_PACKETS && fb.loss > SEVERE_LOSS && fb.rtt >= floor + QUEUE_GROWTH;
+        // The queue stands through the window (a loss burst on a radio link that meets a frame's
+        // burst at the bottleneck does not: it bounded bursty links a few times a minute). With
+        // nothing delivered there is no transit to go by; the newest round trip then tells.
+        let queued = match queue {
+            Some(queue) => queue >= QUEUE_GROWTH,
+            None => fb.rtt >= floor + QUEUE_GROWTH,
+        };
+        let overflowing = fb.packets >= MIN_PACKETS && fb.loss > SEVERE_LOSS && queued;
         let Some(delivered) = fb.delivered_bps.filter(|_| overflowing) else {
             self.streak = 0;
             return false;
@@ -88,12 +100,18 @@ mod tests {
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
 
+    /// A reading without transit times: the newest round trip tells the queue.
+    fn on(d: &mut OverflowDetector, now: Instant, feedback: Option<&RecentFeedback>) -> bool {
+        d.on_feedback(now, feedback, None)
+    }
+
     fn feedback(loss: f32, rtt_ms: u64, delivered_bps: Option<u64>) -> RecentFeedback {
         RecentFeedback {
             packets: 30,
             loss,
             rtt: MS(rtt_ms),
             delivered_bps,
+            min_transit_us: Some(1000 * rtt_ms as i64 / 2),
         }
     }
 
@@ -101,28 +119,56 @@ mod tests {
     fn an_overflowing_queue_bounds_the_rate_at_what_the_link_delivered() {
         let t0 = Instant::now();
         let mut d = OverflowDetector::default();
-        assert!(!d.on_feedback(t0, Some(&feedback(0.0, 60, Some(1_100_000)))));
+        assert!(!on(&mut d, t0, Some(&feedback(0.0, 60, Some(1_100_000)))));
         assert_eq!(d.cap_bps(), None, "a clean link is not bounded");
         // 1.1 Mbit/s sent into a 300 kbit/s link: most is lost, the queue adds 100 ms. One
         // reading is not enough; the second bounds at what it saw delivered.
-        assert!(!d.on_feedback(t0 + MS(200), Some(&feedback(0.6, 160, Some(450_000)))));
+        assert!(!on(
+            &mut d,
+            t0 + MS(200),
+            Some(&feedback(0.6, 160, Some(450_000)))
+        ));
         assert_eq!(d.cap_bps(), None);
-        assert!(d.on_feedback(t0 + MS(400), Some(&feedback(0.6, 160, Some(290_000)))));
+        assert!(on(
+            &mut d,
+            t0 + MS(400),
+            Some(&feedback(0.6, 160, Some(290_000)))
+        ));
         assert_eq!(d.cap_bps(), Some(290_000));
         // Still overflowing: the newest reading is the bound, and not a new one.
-        assert!(!d.on_feedback(t0 + MS(600), Some(&feedback(0.7, 165, Some(280_000)))));
+        assert!(!on(
+            &mut d,
+            t0 + MS(600),
+            Some(&feedback(0.7, 165, Some(280_000)))
+        ));
         assert_eq!(d.cap_bps(), Some(280_000));
         // Clean readings keep the bound while the queue drains...
-        d.on_feedback(t0 + MS(1400), Some(&feedback(0.0, 70, Some(200_000))));
+        on(
+            &mut d,
+            t0 + MS(1400),
+            Some(&feedback(0.0, 70, Some(200_000))),
+        );
         assert_eq!(d.cap_bps(), Some(280_000));
         // ... and lift it a hold after the last overflow.
-        d.on_feedback(t0 + MS(600) + HOLD, Some(&feedback(0.0, 65, Some(200_000))));
+        on(
+            &mut d,
+            t0 + MS(600) + HOLD,
+            Some(&feedback(0.0, 65, Some(200_000))),
+        );
         assert_eq!(d.cap_bps(), None);
         // It lapses without feedback too (a silent link is the estimator's to judge).
-        d.on_feedback(t0 + MS(2000), Some(&feedback(0.5, 170, Some(250_000))));
-        d.on_feedback(t0 + MS(2200), Some(&feedback(0.5, 170, Some(250_000))));
+        on(
+            &mut d,
+            t0 + MS(2000),
+            Some(&feedback(0.5, 170, Some(250_000))),
+        );
+        on(
+            &mut d,
+            t0 + MS(2200),
+            Some(&feedback(0.5, 170, Some(250_000))),
+        );
         assert_eq!(d.cap_bps(), Some(250_000));
-        d.on_feedback(t0 + MS(2200) + HOLD, None);
+        on(&mut d, t0 + MS(2200) + HOLD, None);
         assert_eq!(d.cap_bps(), None);
     }
 
@@ -130,20 +176,28 @@ mod tests {
     fn radio_loss_at_the_usual_round_trip_is_left_to_the_estimator() {
         let t0 = Instant::now();
         let mut d = OverflowDetector::default();
-        d.on_feedback(t0, Some(&feedback(0.0, 300, Some(500_000))));
+        on(&mut d, t0, Some(&feedback(0.0, 300, Some(500_000))));
         // 30 % bursty loss, round trip unchanged.
-        d.on_feedback(t0 + MS(200), Some(&feedback(0.3, 305, Some(500_000))));
+        on(
+            &mut d,
+            t0 + MS(200),
+            Some(&feedback(0.3, 305, Some(500_000))),
+        );
         assert_eq!(d.cap_bps(), None);
         // Mild loss with a growing queue is the estimator's business too.
-        d.on_feedback(t0 + MS(400), Some(&feedback(0.1, 400, Some(500_000))));
+        on(
+            &mut d,
+            t0 + MS(400),
+            Some(&feedback(0.1, 400, Some(500_000))),
+        );
         assert_eq!(d.cap_bps(), None);
         // Too few packets to judge, or arrivals too close together for a rate.
         let few = RecentFeedback {
             packets: 4,
             ..feedback(0.5, 400, Some(100_000))
         };
-        d.on_feedback(t0 + MS(600), Some(&few));
-        d.on_feedback(t0 + MS(800), Some(&feedback(0.5, 400, None)));
+        on(&mut d, t0 + MS(600), Some(&few));
+        on(&mut d, t0 + MS(800), Some(&feedback(0.5, 400, None)));
         assert_eq!(d.cap_bps(), None);
     }
 
@@ -152,26 +206,58 @@ mod tests {
         let t0 = Instant::now();
         let mut d = OverflowDetector::default();
         // The first reading already carries a queue; a later one shows the true floor.
-        d.on_feedback(t0, Some(&feedback(0.0, 120, Some(500_000))));
-        d.on_feedback(t0 + MS(200), Some(&feedback(0.0, 60, Some(500_000))));
+        on(&mut d, t0, Some(&feedback(0.0, 120, Some(500_000))));
+        on(
+            &mut d,
+            t0 + MS(200),
+            Some(&feedback(0.0, 60, Some(500_000))),
+        );
         // 120 ms is 60 ms over the floor now: a queue.
-        d.on_feedback(t0 + MS(400), Some(&feedback(0.5, 120, Some(300_000))));
-        assert!(d.on_feedback(t0 + MS(600), Some(&feedback(0.5, 120, Some(300_000)))));
+        on(
+            &mut d,
+            t0 + MS(400),
+            Some(&feedback(0.5, 120, Some(300_000))),
+        );
+        assert!(on(
+            &mut d,
+            t0 + MS(600),
+            Some(&feedback(0.5, 120, Some(300_000)))
+        ));
     }
 
     #[test]
     fn a_single_overflowing_reading_is_a_burst_not_a_collapse() {
         let t0 = Instant::now();
         let mut d = OverflowDetector::default();
-        d.on_feedback(t0, Some(&feedback(0.0, 300, Some(400_000))));
+        on(&mut d, t0, Some(&feedback(0.0, 300, Some(400_000))));
         // A keyframe's burst meets a loss burst, then the link is calm again, twice over.
         for start in [MS(200), MS(600)] {
-            d.on_feedback(t0 + start, Some(&feedback(0.4, 350, Some(450_000))));
-            d.on_feedback(
+            on(&mut d, t0 + start, Some(&feedback(0.4, 350, Some(450_000))));
+            on(
+                &mut d,
                 t0 + start + MS(200),
                 Some(&feedback(0.02, 305, Some(400_000))),
             );
             assert_eq!(d.cap_bps(), None);
         }
+    }
+
+    #[test]
+    fn the_least_transit_tells_a_standing_queue_from_a_burst() {
+        let t0 = Instant::now();
+        let mut d = OverflowDetector::default();
+        d.on_feedback(t0, Some(&feedback(0.0, 300, Some(800_000))), Some(MS(0)));
+        // A loss burst meets a frame's burst: the newest packet waited 60 ms behind the frame,
+        // the window's quickest did not wait. Not an overflow, however often.
+        for i in 1..=5 {
+            let fb = feedback(0.4, 360, Some(600_000));
+            assert!(!d.on_feedback(t0 + MS(200 * i), Some(&fb), Some(MS(2))));
+        }
+        assert_eq!(d.cap_bps(), None);
+        // Every packet of the window queued 80 ms: overflowing, whatever the newest's round trip.
+        let fb = feedback(0.4, 310, Some(300_000));
+        assert!(!d.on_feedback(t0 + MS(1200), Some(&fb), Some(MS(80))));
+        assert!(d.on_feedback(t0 + MS(1400), Some(&fb), Some(MS(80))));
+        assert_eq!(d.cap_bps(), Some(300_000));
     }
 }

@@ -81,6 +81,7 @@ pub struct LayerSelector {
     up_hold: Duration,
     up_hold_max: Duration,
     down_memory: Duration,
+    down_grace: Duration,
     keyframe_interval: Duration,
 
     max: u8,
@@ -96,6 +97,9 @@ pub struct LayerSelector {
     overflowing: bool,
 
     rise: Option<Rise>,
+    /// Since when the allocation has been under the target's layer while the link shows no
+    /// congestion (see `Tuning::down_grace`).
+    fall_since: Option<Instant>,
     recent_down_steps: u32,
     last_down_step: Option<Instant>,
     waiting_since: Option<Instant>,
@@ -109,6 +113,7 @@ impl LayerSelector {
             up_hold: tuning.up_hold,
             up_hold_max: tuning.up_hold_max,
             down_memory: tuning.down_memory,
+            down_grace: tuning.down_grace,
             keyframe_interval: tuning.keyframe_interval,
             max: max_layer,
             allocated: None,
@@ -118,6 +123,7 @@ impl LayerSelector {
             backlogged: false,
             overflowing: false,
             rise: None,
+            fall_since: None,
             recent_down_steps: 0,
             last_down_step: None,
             waiting_since: None,
@@ -196,12 +202,24 @@ impl LayerSelector {
             self.set_target(now, allocated);
             return;
         }
+        if allocated >= self.target {
+            self.fall_since = None;
+        }
         match allocated.cmp(&self.target) {
             Ordering::Less => {
                 self.rise = None;
                 // Only a spatial step down (or a pause) backs the next climb off: it is the one
                 // whose undoing costs a keyframe.
                 let spatial = allocated.map(|a| a.layer) < self.target.map(|t| t.layer);
+                if spatial && !self.overflowing && !self.backlogged {
+                    // No sign of congestion: the estimate or the costs may be wobbling around a
+                    // layer's edge. Wait out the grace before paying two keyframes for it.
+                    let since = *self.fall_since.get_or_insert(now);
+                    if now.saturating_duration_since(since) < self.down_grace {
+                        return;
+                    }
+                }
+                self.fall_since = None;
                 if spatial {
                     self.note_down_step(now);
                 }
@@ -264,6 +282,11 @@ impl LayerSelector {
     /// (at once after a new target, then every keyframe interval while the switch waits).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let hold_end = self.rise.map(|r| r.since + r.hold);
+        let grace_end = self.fall_since.map(|since| since + self.down_grace);
+        let hold_end = match (hold_end, grace_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let keyframe_due = self.waiting_since.map(|since| {
             self.last_keyframe_request
                 .map_or(since, |at| at + self.keyframe_interval)
@@ -462,6 +485,14 @@ mod tests {
         }
     }
 
+    /// Default tuning, but spatial steps down at once (most tests here are about what follows).
+    fn no_grace() -> Tuning {
+        Tuning {
+            down_grace: Duration::ZERO,
+            ..Tuning::default()
+        }
+    }
+
     /// When the rise being held would end.
     fn hold_end(s: &LayerSelector) -> Option<Instant> {
         s.rise.map(|r| r.since + r.hold)
@@ -469,7 +500,7 @@ mod tests {
 
     /// A selector flowing on `layer` (allocation applied, keyframe seen) at `t0`.
     fn flowing(t0: Instant, layer: u8) -> LayerSelector {
-        let mut s = LayerSelector::new(2, &Tuning::default());
+        let mut s = LayerSelector::new(2, &no_grace());
         s.on_allocation(t0, full(layer));
         assert!(s.on_frame(key(layer)).switched);
         s
@@ -533,7 +564,7 @@ mod tests {
     #[test]
     fn first_allocation_applies_at_once_then_waits_for_a_keyframe() {
         let t0 = Instant::now();
-        let mut s = LayerSelector::new(2, &Tuning::default());
+        let mut s = LayerSelector::new(2, &no_grace());
         assert_eq!(
             s.on_frame(key(0)),
             FrameDecision::DROP,
@@ -655,7 +686,7 @@ mod tests {
     #[test]
     fn pause_is_immediate_and_resume_needs_hold_and_keyframe() {
         let t0 = Instant::now();
-        let tuning = Tuning::default();
+        let tuning = no_grace();
         let mut s = flowing(t0, 1);
         s.on_allocation(t0 + ms(10), None);
         assert_eq!((s.target(), s.current()), (None, None));
@@ -706,7 +737,7 @@ mod tests {
 
     #[test]
     fn hold_backs_off_after_recent_down_steps_and_recovers() {
-        let tuning = Tuning::default();
+        let tuning = no_grace();
         let t0 = Instant::now();
         let mut s = flowing(t0, 2);
         let mut now = t0;
@@ -740,7 +771,7 @@ mod tests {
     #[test]
     fn poll_timeout_covers_keyframe_requests_and_holds() {
         let t0 = Instant::now();
-        let tuning = Tuning::default();
+        let tuning = no_grace();
         let mut s = flowing(t0, 0);
         assert_eq!(s.poll_timeout(), None, "settled: nothing to wake up for");
         s.on_allocation(t0 + ms(100), full(1));
@@ -844,7 +875,7 @@ mod tests {
     fn frame_rate_rises_at_once_spatial_rises_after_the_hold() {
         let t0 = Instant::now();
         let half = |layer| Some(LayerChoice { layer, temporal: 1 });
-        let mut s = LayerSelector::new(2, &Tuning::default());
+        let mut s = LayerSelector::new(2, &no_grace());
         s.on_allocation(t0, TL0_ONLY);
         assert!(s.on_frame(key(0)).switched);
         s.on_allocation(t0 + ms(100), full(0));
@@ -932,6 +963,7 @@ mod tests {
                 layers: vec![layer(0, 32_000, None)],
                 max_layer: 0,
                 redundancy: 1.0,
+                partial_rates: true,
             },
             TrackDemand {
                 id: 2,
@@ -939,6 +971,7 @@ mod tests {
                 layers: vec![layer(0, 150_000, None)],
                 max_layer: 0,
                 redundancy: 0.0,
+                partial_rates: true,
             },
             TrackDemand {
                 id: CAMERA,
@@ -950,6 +983,7 @@ mod tests {
                 ],
                 max_layer: 2,
                 redundancy: 0.0,
+                partial_rates: true,
             },
         ]
     }
@@ -1093,12 +1127,18 @@ mod tests {
             flowing - t0
         );
 
-        // Drop: the target follows within one allocation update (200 ms).
+        // Drop: with nothing but the estimate to go by (no overflow, no queue: those step down
+        // at once), the target follows after the grace, within one allocation update (200 ms).
         let drop_at = t0 + seg;
         let down = trace.target_reaches(drop_at, low).expect("stepped down");
-        assert!(down - drop_at < ms(200), "down after {:?}", down - drop_at);
+        let grace = tuning.down_grace;
+        assert!(
+            down - drop_at >= grace && down - drop_at < grace + ms(200),
+            "down after {:?}",
+            down - drop_at
+        );
         let low_flowing = trace.current_reaches(drop_at, low).expect("switched down");
-        assert!(low_flowing - drop_at <= ms(200) + trace.answer + ms(66));
+        assert!(low_flowing - drop_at <= grace + ms(200) + trace.answer + ms(66));
 
         // Recovery: no rise before the (backed-off) hold, and current follows only on keyframes.
         let recover_at = t0 + seg * 2;
@@ -1128,6 +1168,56 @@ mod tests {
         assert_eq!(trace.switches_on_non_keyframes, 0);
         // One change down, one up (plus the start).
         assert_eq!(trace.target_changes, 3);
+    }
+
+    #[test]
+    fn a_short_dip_keeps_the_layer_and_congestion_steps_down_at_once() {
+        let t0 = Instant::now();
+        let tuning = Tuning::default();
+        let grace = tuning.down_grace;
+        let mut s = LayerSelector::new(2, &tuning);
+        s.on_allocation(t0, full(1));
+        assert!(s.on_frame(key(1)).switched);
+        // A dip shorter than the grace: nothing moves, and no back-off is noted.
+        s.on_allocation(t0 + ms(200), full(0));
+        assert_eq!(s.poll_timeout(), Some(t0 + ms(200) + grace));
+        s.on_allocation(t0 + ms(200) + grace / 2, full(0));
+        assert_eq!(s.target(), full(1));
+        s.on_allocation(t0 + ms(400) + grace / 2, full(1));
+        assert_eq!(s.poll_timeout(), None, "the dip is over");
+        // A frame-rate step down needs no keyframe: at once.
+        let t1 = t0 + Duration::from_secs(2);
+        s.on_allocation(
+            t1,
+            Some(LayerChoice {
+                layer: 1,
+                temporal: 1,
+            }),
+        );
+        assert_eq!(
+            s.target(),
+            Some(LayerChoice {
+                layer: 1,
+                temporal: 1
+            })
+        );
+        // A drop that lasts the grace steps down when it ends (the timeout re-applies it).
+        s.on_allocation(t1 + ms(200), full(0));
+        assert_eq!(s.target().map(|t| t.layer), Some(1));
+        s.handle_timeout(t1 + ms(200) + grace);
+        assert_eq!(s.target(), full(0));
+        assert_eq!(s.recent_down_steps, 1, "the dip before was not one");
+        // Congestion does not wait: a backed-up queue, or an overflowing link.
+        let mut backed_up = LayerSelector::new(2, &tuning);
+        backed_up.on_allocation(t0, full(1));
+        backed_up.set_backlogged(true);
+        backed_up.on_allocation(t0 + ms(200), full(0));
+        assert_eq!(backed_up.target(), full(0));
+        let mut overflowing = LayerSelector::new(2, &tuning);
+        overflowing.on_allocation(t0, full(2));
+        overflowing.set_overflowing(true);
+        overflowing.on_allocation(t0 + ms(200), None);
+        assert_eq!(overflowing.target(), None);
     }
 
     #[test]

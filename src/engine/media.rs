@@ -333,9 +333,11 @@ impl Engine {
                         }
                     }
                     if video.fec_on {
-                        video.fec.on_media(out_seq);
+                        // A stream without temporal layers is all base layer.
+                        let base_layer = vp8.temporal.unwrap_or(0) == 0;
+                        video.fec.on_media(out_seq, base_layer);
                         if packet.header.marker {
-                            fec_after = pts.red.map(|red_pt| (red_pt, out_time));
+                            fec_after = pts.red.map(|red_pt| (red_pt, out_time, base_layer));
                         }
                     }
                     let mut write = RtpWrite::new(
@@ -393,9 +395,12 @@ impl Engine {
             );
             metrics.packets_out.inc();
             metrics.bytes_out.inc_by(bytes as u64);
-            if let (Some((red_pt, out_time)), Some(video)) = (fec_after, sub.video.as_mut()) {
-                // The frame is complete: its FEC packets follow it, numbered right after it.
-                for fec in video.fec.on_frame_end(*fec_rate) {
+            if let (Some((red_pt, out_time, base_layer)), Some(video)) =
+                (fec_after, sub.video.as_mut())
+            {
+                // The frame is complete: the FEC packets of the base frame before it follow it,
+                // numbered right after it.
+                for fec in video.fec.on_frame_end(*fec_rate, base_layer) {
                     let Some(fec_seq) = sub.seq.insert_after(in_seq) else {
                         break;
                     };

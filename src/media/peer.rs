@@ -148,6 +148,12 @@ pub struct Peer {
     pub overflow: crate::bwe::OverflowDetector,
     /// The pacing bound handed to str0m while the link overflows (see `bwe::overflow::pacing_cap`).
     pub pacing_cap: Option<u64>,
+    /// The standing queue each feedback reading shows (for the two detectors around it).
+    pub queue: crate::bwe::QueueGauge,
+    /// Tells loss at a steady round trip (radio loss) from congestion.
+    pub radio_loss: crate::bwe::RadioLoss,
+    /// Whether str0m's estimate ignores loss now (`bwe::radio_loss`).
+    pub loss_tolerant: bool,
     /// Latest loss fraction (0..1) and RTT towards this peer, from str0m's peer stats.
     pub loss: Option<f32>,
     pub rtt: Option<std::time::Duration>,
@@ -184,6 +190,9 @@ impl Peer {
             estimate_bps: None,
             overflow: Default::default(),
             pacing_cap: None,
+            queue: Default::default(),
+            radio_loss: Default::default(),
+            loss_tolerant: false,
             loss: None,
             rtt: None,
             red_depth: 1,

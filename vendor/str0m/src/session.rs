@@ -1409,6 +1409,14 @@ impl Session {
         self.configure_pacer();
     }
 
+    /// (tongbu patch) See [`crate::bwe::Bwe::set_loss_tolerant`].
+    pub fn set_loss_tolerant(&mut self, tolerant: bool) {
+        if let Some(bwe) = self.bwe.as_mut() {
+            bwe.set_loss_tolerant(tolerant);
+        }
+        self.configure_pacer();
+    }
+
     /// The rate the pacer sends media at (tongbu patch: tests of the pacing cap).
     #[cfg(test)]
     pub(crate) fn pacing_rate(&self) -> Option<Bitrate> {

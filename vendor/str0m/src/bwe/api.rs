@@ -113,6 +113,18 @@ impl<'a> Bwe<'a> {
         m.no_events();
     }
 
+    /// (tongbu patch) While `tolerant`, the estimate is the delay-based one: loss does not limit
+    /// it. For an application that knows the loss is not congestion: a radio link that loses
+    /// packets in bursts whatever the rate, with no queue standing (the round trip stays at its
+    /// floor), where the loss-based controller would cut the estimate to a fraction of what the
+    /// link carries. Queue growth still lowers the estimate. `false` (the default) lets the
+    /// loss-based controller limit again at once, with what it learned meanwhile.
+    pub fn set_loss_tolerant(&mut self, tolerant: bool) {
+        let mut m = self.0.mutate();
+        m.session.set_loss_tolerant(tolerant);
+        m.no_events();
+    }
+
     /// Reset the BWE with a new init_bitrate
     ///
     /// This discards the current estimator state and starts estimation again

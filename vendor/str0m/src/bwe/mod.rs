@@ -132,6 +132,11 @@ impl Bwe {
     pub fn minimum_bitrate(&self) -> Bitrate {
         self.minimum_bitrate
     }
+
+    /// tongbu patch: see [`crate::bwe::Bwe::set_loss_tolerant`].
+    pub fn set_loss_tolerant(&mut self, tolerant: bool) {
+        self.bwe.set_loss_tolerant(tolerant);
+    }
 }
 
 struct SendSideBandwidthEstimator {
@@ -145,6 +150,8 @@ struct SendSideBandwidthEstimator {
     alr_detector: AlrDetector,
     link_capacity_estimator: LinkCapacityEstimator,
     last_updated_estimate: Option<Bitrate>,
+    /// tongbu patch: the estimate is the delay-based one, whatever the loss controller says.
+    loss_tolerant: bool,
 }
 
 impl SendSideBandwidthEstimator {
@@ -168,6 +175,16 @@ impl SendSideBandwidthEstimator {
             alr_detector,
             link_capacity_estimator: LinkCapacityEstimator::new(),
             last_updated_estimate: None,
+            loss_tolerant: false,
+        }
+    }
+
+    /// tongbu patch: while tolerant, loss does not limit the estimate (the loss controller goes on
+    /// learning, and limits again as soon as tolerance ends).
+    fn set_loss_tolerant(&mut self, tolerant: bool) {
+        if self.loss_tolerant != tolerant {
+            self.loss_tolerant = tolerant;
+            self.propagate_estimate();
         }
     }
 
@@ -371,6 +388,10 @@ impl SendSideBandwidthEstimator {
             return BandwidthLimitedCause::DelayBasedLimitedDelayIncreased;
         }
 
+        if self.loss_tolerant {
+            return BandwidthLimitedCause::DelayBasedLimited;
+        }
+
         match self.loss_controller.loss_based_result().state {
             LossControllerState::DelayBased => BandwidthLimitedCause::DelayBasedLimited,
             LossControllerState::Increasing => BandwidthLimitedCause::LossLimitedBweIncreasing,
@@ -383,6 +404,11 @@ impl SendSideBandwidthEstimator {
         let delay_estimate = self.delay_controller.last_estimate();
 
         let loss_result = self.loss_controller.loss_based_result();
+
+        // tongbu patch: loss the application knows not to be congestion does not limit.
+        if self.loss_tolerant {
+            return delay_estimate;
+        }
 
         // Only apply loss-based limiting when actively in a loss-limiting state
         match loss_result.state {
@@ -552,6 +578,49 @@ mod test {
                     .is_none()
             );
         }
+    }
+
+    #[test]
+    fn a_loss_tolerant_estimate_is_the_delay_based_one() {
+        // tongbu patch: 960 kbit/s over a link with a steady delay that loses 3 packets in a
+        // row out of every 20 (15 %, bursty radio loss). The loss controller cuts the estimate
+        // under the delay-based one; tolerance lifts that, and ending it limits again at once.
+        let start = Instant::now();
+        let desired = Bitrate::mbps(3);
+        let mut bwe = SendSideBandwidthEstimator::new(Bitrate::kbps(900));
+        let mut records = Vec::new();
+        let mut id = 0_u64;
+        for tick in 1..=200_u64 {
+            // 100 ms: ten packets sent, then the feedback for them.
+            let now = start + Duration::from_millis(100 * tick);
+            records.clear();
+            for i in 0..10_u64 {
+                let sent = now - Duration::from_millis(100 - 10 * i);
+                let lost = id % 20 < 3;
+                let arrived = (!lost).then(|| sent + Duration::from_millis(50));
+                records.push(TwccSendRecord::test_new(
+                    TwccPacketId::new(id),
+                    sent,
+                    1200,
+                    now,
+                    arrived,
+                ));
+                id += 1;
+            }
+            bwe.update(records.iter(), now);
+            bwe.handle_timeout(desired, true, now);
+        }
+        let delay = bwe
+            .delay_controller
+            .last_estimate()
+            .expect("delay estimate");
+        let limited = bwe.last_estimate().expect("estimate");
+        assert!(limited < delay, "loss limits: {limited} vs {delay}");
+        bwe.set_loss_tolerant(true);
+        assert_eq!(bwe.last_estimate(), Some(delay));
+        assert_eq!(bwe.last_updated_estimate, Some(delay), "probing follows");
+        bwe.set_loss_tolerant(false);
+        assert_eq!(bwe.last_estimate(), Some(limited));
     }
 
     #[test]

@@ -798,10 +798,19 @@ impl StreamTx {
         }
 
         // TWCC might not be enabled for this m-line.
-        if let Some(twcc) = twcc {
+        let mut twcc = twcc;
+        if let Some(twcc) = twcc.as_deref_mut() {
             header.ext_vals.transport_cc = Some(*twcc as u16);
             *twcc += 1;
         }
+        // tongbu patch: a packet that turns out to have nothing to send gives its transport-wide
+        // number back. Otherwise the receiver's feedback reports the number as lost, and the
+        // send register, which never saw it, finds a gap in its records (it panicked on that).
+        let unsent = || {
+            if let Some(twcc) = twcc {
+                *twcc -= 1;
+            }
+        };
 
         buf.resize(DATAGRAM_MAX_PACKET_SIZE, 0);
 
@@ -833,6 +842,7 @@ impl StreamTx {
                     .and_then(|(fec, fec_pt)| fec.build(next.seq_no, fec_pt, body_out));
                 let Some(len) = built else {
                     // Nothing it protected went out in RED.
+                    unsent();
                     if pop_send_queue {
                         self.send_queue.pop(now);
                     }
@@ -864,6 +874,7 @@ impl StreamTx {
                 );
 
                 if len == 0 {
+                    unsent();
                     return None;
                 }
 
@@ -1613,6 +1624,55 @@ mod test {
                 .is_none(),
             "nothing else was left queued"
         );
+    }
+
+    #[test]
+    fn a_fec_packet_with_nothing_to_protect_gives_its_transport_number_back() {
+        // tongbu patch: the FEC packet's protected packets never went out in RED (the stream
+        // was not in ULPFEC mode then), so it is not sent, and the next packet takes its
+        // transport-wide number. A skipped number reached the receiver's feedback as a loss the
+        // send register had no record of, and `apply_report` panicked (weak-link bench, bursty).
+        let now = Instant::now();
+        let mut codecs = CodecConfig::new_with_defaults();
+        codecs.enable_vp8_ulpfec(true);
+        let vp8 = codecs
+            .params()
+            .iter()
+            .find(|p| p.ulpfec().is_some())
+            .expect("VP8 with ULPFEC");
+        let (media_pt, red_pt) = (vp8.pt(), vp8.red().expect("video RED"));
+        let exts = ExtensionMap::standard();
+        let mut stream = StreamTx::new(42.into(), None, MidRid("vid".into(), None), false, 1200);
+        let mut buf = vec![];
+        let mut twcc = 7;
+        // Two plain packets, then ULPFEC mode and a FEC packet over them.
+        for i in 0..2_u64 {
+            stream.write_rtp(RtpWrite::new(media_pt, i.into(), 0, now, vec![1_u8; 100]));
+        }
+        stream.send_queue.handle_timeout(now);
+        for _ in 0..2 {
+            stream
+                .poll_packet(now, &exts, Some(&mut twcc), codecs.params(), &mut buf)
+                .expect("a plain packet");
+        }
+        assert_eq!(twcc, 9);
+        stream.set_ulpfec(true);
+        stream.write_rtp(RtpWrite::new(red_pt, 2.into(), 0, now, vec![]).ulpfec(0.into(), 0b11));
+        stream.write_rtp(RtpWrite::new(media_pt, 3.into(), 0, now, vec![2_u8; 100]));
+        stream.send_queue.handle_timeout(now);
+        assert!(
+            stream
+                .poll_packet(now, &exts, Some(&mut twcc), codecs.params(), &mut buf)
+                .is_none(),
+            "nothing to protect: no FEC packet"
+        );
+        assert_eq!(twcc, 9, "its number is given back");
+        let next = stream
+            .poll_packet(now, &exts, Some(&mut twcc), codecs.params(), &mut buf)
+            .expect("the media packet after it");
+        assert_eq!(*next.seq_no, 3);
+        assert_eq!(next.header.ext_vals.transport_cc, Some(9));
+        assert_eq!(twcc, 10);
     }
 
     #[test]

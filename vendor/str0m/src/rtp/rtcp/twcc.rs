@@ -1287,12 +1287,15 @@ impl TwccSendRegister {
         }
 
         if let Some((record_seq, report_seq)) = problematic_seq {
-            let queue_tail: Vec<_> = self.queue.iter().rev().take(100).collect();
-            panic!(
-                "Unexpected TWCC sequence when applying TWCC report. \
-                    Send Record Seq({record_seq}) does not match Report Seq({report_seq}).\
-                    \nLast 100 entires in queue: {queue_tail:?}."
+            // tongbu patch: was a panic, which took down every session of the process (one
+            // event loop serves them all). A report that does not line up with the send
+            // records is dropped; the estimator waits for the next one.
+            warn!(
+                "Unexpected TWCC sequence when applying TWCC report: \
+                    send record seq {record_seq} does not match report seq {report_seq}; \
+                    report ignored"
             );
+            return None;
         }
 
         let range = first_seq_no..=last_seq_no;
@@ -1371,6 +1374,7 @@ impl TwccSendRegister {
         // the earliest arrival (and its size: its bytes came before the span) and the latest.
         let mut earliest: Option<(Instant, u64)> = None;
         let mut latest: Option<Instant> = None;
+        let mut min_transit_us: Option<i64> = None;
         for record in std::iter::once(newest)
             .chain(reported)
             .take_while(|s| s.local_send_time >= lower_bound)
@@ -1382,6 +1386,12 @@ impl TwccSendRegister {
             };
             let size = record.size() as u64;
             delivered_bytes += size;
+            // Signed: the remote clock's offset is in it, and may be negative.
+            let transit_us = match at.checked_duration_since(record.local_send_time) {
+                Some(d) => d.as_micros() as i64,
+                None => -(record.local_send_time.duration_since(at).as_micros() as i64),
+            };
+            min_transit_us = Some(min_transit_us.map_or(transit_us, |m| m.min(transit_us)));
             if earliest.map_or(true, |(first, _)| at < first) {
                 earliest = Some((at, size));
             }
@@ -1401,6 +1411,7 @@ impl TwccSendRegister {
             loss: lost as f32 / packets as f32,
             rtt,
             delivered_bps,
+            min_transit_us,
         })
     }
 }
@@ -1417,6 +1428,10 @@ pub struct RecentFeedback {
     /// Bytes delivered over their arrival span, in bit/s; `None` when the arrivals span less
     /// than a quarter of the window (too few to measure a rate).
     pub delivered_bps: Option<u64>,
+    /// Least transit time (remote arrival − local send, µs) of the delivered packets; `None`
+    /// when none was. It includes the clocks' offset, so only its changes mean anything: a
+    /// queue that stood through the window raised every packet's transit, a burst only some.
+    pub min_transit_us: Option<i64>,
 }
 
 #[derive()]
@@ -2067,6 +2082,46 @@ mod test {
     }
 
     #[test]
+    fn a_report_over_a_number_never_sent_is_ignored_not_a_panic() {
+        // tongbu patch: numbers 0, 1, 3 were sent, 2 never was (a send path that skipped it).
+        let mut reg = TwccSendRegister::new(25);
+        let now = Instant::now();
+        for i in [0, 1, 3] {
+            reg.register_seq(TwccPacketId::new(i), now, 100);
+        }
+        let report = Twcc {
+            sender_ssrc: Ssrc::new(),
+            ssrc: Ssrc::new(),
+            base_seq: 0,
+            status_count: 4,
+            reference_time: 0,
+            feedback_count: 0,
+            chunks: [PacketChunk::Run(PacketStatus::ReceivedSmallDelta, 4)].into(),
+            delta: [
+                Delta::Small(10),
+                Delta::Small(10),
+                Delta::Small(10),
+                Delta::Small(10),
+            ]
+            .into(),
+        };
+        assert!(reg.apply_report(report, now).is_none());
+        // Later packets and reports are taken as before.
+        reg.register_seq(TwccPacketId::new(4), now, 100);
+        let report = Twcc {
+            sender_ssrc: Ssrc::new(),
+            ssrc: Ssrc::new(),
+            base_seq: 4,
+            status_count: 1,
+            reference_time: 0,
+            feedback_count: 1,
+            chunks: [PacketChunk::Run(PacketStatus::ReceivedSmallDelta, 1)].into(),
+            delta: [Delta::Small(10)].into(),
+        };
+        assert!(reg.apply_report(report, now).is_some());
+    }
+
+    #[test]
     fn test_send_register_apply_report_for_old_seq_numbers() {
         let mut reg = TwccSendRegister::new(25);
         let mut now = Instant::now();
@@ -2432,6 +2487,17 @@ mod test {
             .expect("feedback");
         assert_eq!((tail.packets, tail.loss), (3, 0.0));
         assert_eq!(tail.delivered_bps, Some(533_333));
+
+        // Transit: two losses before packet 8 brought its arrival 30 ms closer to its send than
+        // packet 0's; that is the least, in both windows.
+        let transit = |seq: u64| {
+            let r = reg.queue.iter().find(|r| *r.seq() == seq).expect("record");
+            let at = r.remote_recv_time().expect("received");
+            at.duration_since(r.local_send_time).as_micros() as i64
+        };
+        assert_eq!(transit(0) - transit(8), 30_000);
+        assert_eq!(all.min_transit_us, Some(transit(8)));
+        assert_eq!(tail.min_transit_us, Some(transit(8)));
 
         // A window whose arrivals span too little for a rate.
         let long = reg
