@@ -1,8 +1,9 @@
 //! How long a subscriber link's bottleneck queue holds packets now: the least transit time (send
-//! to arrival) of a feedback window's packets over the least ever seen. A queue that stood
-//! through the window delayed every packet in it; a burst (a frame's packets, six of them are
-//! 58 ms at 1 Mbit/s) delays only its tail, and the least transit ignores it (CoDel's idea).
-//! The newest packet's round trip cannot tell the two apart.
+//! to arrival) of the packets sent in the newest half of a feedback window (150 ms), over the
+//! least ever seen. A queue that stood through that time delayed every packet in it; a burst (a
+//! frame's packets, six of them are 58 ms at 1 Mbit/s) delays only its tail, and the least
+//! transit ignores it (CoDel's idea). The newest packet's round trip cannot tell the two apart.
+//! Over the whole 300 ms window it saw a collapsing link's queue a second late.
 //!
 //! Transit times come from transport-wide feedback (the receiver's arrival clock against ours),
 //! so they carry the clocks' offset, which cancels out, and their drift, which the floor follows

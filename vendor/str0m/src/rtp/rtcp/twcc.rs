@@ -1367,6 +1367,8 @@ impl TwccSendRegister {
         let newest = reported.next()?;
         let rtt = newest.rtt()?;
         let lower_bound = newest.local_send_time.checked_sub(window)?;
+        // Transit is read over the newest half only: a queue that builds shows there first.
+        let recent_bound = newest.local_send_time.checked_sub(window / 2)?;
         let mut packets = 0u32;
         let mut lost = 0u32;
         let mut delivered_bytes = 0u64;
@@ -1391,7 +1393,9 @@ impl TwccSendRegister {
                 Some(d) => d.as_micros() as i64,
                 None => -(record.local_send_time.duration_since(at).as_micros() as i64),
             };
-            min_transit_us = Some(min_transit_us.map_or(transit_us, |m| m.min(transit_us)));
+            if record.local_send_time >= recent_bound {
+                min_transit_us = Some(min_transit_us.map_or(transit_us, |m| m.min(transit_us)));
+            }
             if earliest.map_or(true, |(first, _)| at < first) {
                 earliest = Some((at, size));
             }
@@ -1428,9 +1432,10 @@ pub struct RecentFeedback {
     /// Bytes delivered over their arrival span, in bit/s; `None` when the arrivals span less
     /// than a quarter of the window (too few to measure a rate).
     pub delivered_bps: Option<u64>,
-    /// Least transit time (remote arrival − local send, µs) of the delivered packets; `None`
-    /// when none was. It includes the clocks' offset, so only its changes mean anything: a
-    /// queue that stood through the window raised every packet's transit, a burst only some.
+    /// Least transit time (remote arrival − local send, µs) of the packets delivered from the
+    /// newest half of the window; `None` when none was. It includes the clocks' offset, so only
+    /// its changes mean anything: a queue that stood through that time raised every packet's
+    /// transit, a burst only some.
     pub min_transit_us: Option<i64>,
 }
 
@@ -2489,7 +2494,7 @@ mod test {
         assert_eq!(tail.delivered_bps, Some(533_333));
 
         // Transit: two losses before packet 8 brought its arrival 30 ms closer to its send than
-        // packet 0's; that is the least, in both windows.
+        // packet 0's; that is the least, over the newest half of both windows.
         let transit = |seq: u64| {
             let r = reg.queue.iter().find(|r| *r.seq() == seq).expect("record");
             let at = r.remote_recv_time().expect("received");
