@@ -1,7 +1,8 @@
 //! Collapse detection: when a village link's capacity drops under a full queue, most of what is
 //! sent is dropped at once, seconds before a delay-based estimate has fallen. Severe loss *while
-//! the round trip grows over its floor* means the queue overflows (congestion), and the rate the
-//! link delivered the rest at is then the best measure of it. Severe loss at the usual round trip
+//! a queue stands* (by the least transit of the newest packets, [`super::queue`]; by the newest
+//! round trip when none arrived) means the queue overflows (congestion), and the rate the link
+//! delivered the rest at is then the best measure of it. Severe loss at the usual round trip
 //! is radio loss, not congestion: it is left to the estimator (cutting the rate would not reduce
 //! it). Read at the adaptation tick from transport-wide feedback over the last few hundred
 //! milliseconds of sends (str0m's `recent_feedback`), not from the once-a-second loss average,

@@ -2,12 +2,13 @@
 //! and cutting the rate does not reduce it. str0m's loss-based controller (GCC's) reads those
 //! bursts as congestion and cuts its estimate to a fraction of what the link carries (measured
 //! on the bursty profile, 14 % Gilbert-Elliott loss on 1 Mbit/s: 53–166 kbit/s, and video
-//! paused). Congestion shows as a queue that stands. So while no queue has stood for a while,
-//! loss is tolerated (str0m's `set_loss_tolerant`: the estimate is the delay-based one, which
-//! still falls as soon as a queue builds). A standing queue, an overflow (see
-//! [`super::overflow`]) or loss too heavy for any link to carry video ends tolerance at once. It
-//! is the mirror image of the overflow detector: severe loss *with* a growing round trip bounds
-//! the rate; loss at a steady round trip does not cut it.
+//! paused). Congestion shows as a queue that stands. So while no queue has stood for a while and
+//! the link loses packets all the same, loss is tolerated (str0m's `set_loss_tolerant`: the
+//! estimate is the delay-based one, which still falls as soon as a queue builds). A standing
+//! queue, an overflow (see [`super::overflow`]) or loss too heavy for any link to carry video
+//! ends tolerance at once; ten seconds without radio loss end it too. It is the mirror image of
+//! the overflow detector: severe loss *with* a standing queue bounds the rate; loss without one
+//! does not cut it.
 //!
 //! Fed with the same transport-wide feedback readings as the overflow detector, at each
 //! adaptation tick, and the queue they show ([`super::queue`]; the newest packet's round trip
@@ -20,11 +21,11 @@ use str0m::bwe::RecentFeedback;
 
 use super::overflow::QUEUE_GROWTH;
 
-/// How long the round trip must have stayed at its floor before loss is tolerated. A link that
+/// How long no queue must have stood before loss is tolerated. A link that
 /// has just overflowed keeps losing while its queue drains, and at a low rate its buffer is a
 /// few packets, so overflow can look like loss with hardly any delay for a second or two.
 const CALM: Duration = Duration::from_secs(3);
-/// Readings over the floor in a row that show a standing queue (one can be a keyframe burst).
+/// Readings with a queue in a row that show it standing (one can be a keyframe's burst).
 const STANDING: u32 = 2;
 /// Average loss above which nothing is tolerated: no radio link worth sending video over loses
 /// this much, a policer dropping what exceeds its rate does.
