@@ -410,3 +410,56 @@ async fn audio_goes_out_red_wrapped_where_negotiated() {
         "the plain client saw no RTP at all"
     );
 }
+
+/// Opus at 400 kbit/s sends 1000-byte frames (up to 1275; RED cannot carry a redundant block
+/// over 1023 bytes at all). Wrapped in RED with the frame before, that is more than a datagram
+/// holds, and str0m panicked copying it, taking the whole server down. The server must keep RED
+/// within a packet (dropping the redundancy that does not fit) and go on forwarding audio to a
+/// RED subscriber, and video to everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_opus_frames_are_forwarded_without_harm() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let srv = server::start(ServerConfig::ephemeral()).await.unwrap();
+    let _teacher = TestClient::connect_with(
+        srv.http_addr,
+        common::join_as_teacher(&srv),
+        &TEACHER_LAYERS,
+        common::ClientOptions {
+            audio_bytes: 1000,
+            audio_interval: Some(Duration::from_millis(20)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let with_red = common::ClientOptions {
+        red: true,
+        ..Default::default()
+    };
+    let classroom =
+        TestClient::connect_with(srv.http_addr, common::join_by_code(&srv, 0), &[], with_red).await;
+    let teacher_frames = |kind: MediaKind| {
+        let s = classroom.state.lock().unwrap();
+        let Some(track) = s.tracks.values().find(|t| t.from_teacher && t.kind == kind) else {
+            return 0;
+        };
+        s.received
+            .iter()
+            .filter(|r| r.mid.to_string() == track.mid)
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while teacher_frames(MediaKind::Audio) < 100 || teacher_frames(MediaKind::Video) < 30 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audio {} and video {} frames from the teacher",
+            teacher_frames(MediaKind::Audio),
+            teacher_frames(MediaKind::Video)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let red_packets = classroom.state.lock().unwrap().red_packets;
+    assert!(
+        red_packets > 50,
+        "audio went out plain: {red_packets} RED packets"
+    );
+}

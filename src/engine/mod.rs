@@ -215,6 +215,9 @@ pub(crate) struct Engine {
     events: VecDeque<(ConnId, Event)>,
     /// Lessons whose routes changed.
     reroute: Vec<String>,
+    /// Connections whose `Rtc` panicked: their peer is already gone (see [`contained`]); the
+    /// next reap tells their client and closes them.
+    crashed: Vec<ConnId>,
     tuning: Tuning,
     adaptation: bool,
     initial_estimate_bps: u64,
@@ -275,6 +278,7 @@ pub async fn spawn(cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
         dirty: Vec::new(),
         events: VecDeque::new(),
         reroute: Vec::new(),
+        crashed: Vec::new(),
         tuning: cfg.tuning,
         adaptation: cfg.adaptation,
         initial_estimate_bps: cfg.initial_estimate_bps,
@@ -373,12 +377,24 @@ impl Engine {
         };
         self.by_remote.insert(source, id);
         if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
-            if let Err(e) = peer.rtc.handle_input(input) {
-                tracing::warn!(%id, "peer input error, disconnecting: {e}");
-                peer.rtc.disconnect();
+            match contained(id, || peer.rtc.handle_input(input)) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(%id, "peer input error, disconnecting: {e}");
+                    peer.rtc.disconnect();
+                }
+                None => return self.crash(id),
             }
             self.mark_dirty(id);
         }
+    }
+
+    /// Takes a peer whose `Rtc` panicked out at once: nothing may touch its state again.
+    fn crash(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.peer = None;
+        }
+        self.crashed.push(id);
     }
 
     fn peer_accepts(&self, id: ConnId, input: &Input) -> bool {
@@ -425,9 +441,16 @@ impl Engine {
             .collect();
         for id in due {
             if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
-                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-                    tracing::warn!(%id, "peer timeout error, disconnecting: {e}");
-                    peer.rtc.disconnect();
+                match contained(id, || peer.rtc.handle_input(Input::Timeout(now))) {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(%id, "peer timeout error, disconnecting: {e}");
+                        peer.rtc.disconnect();
+                    }
+                    None => {
+                        self.crash(id);
+                        continue;
+                    }
                 }
             }
             self.mark_dirty(id);
@@ -471,7 +494,10 @@ impl Engine {
                 peer.next_timeout = now;
                 return;
             }
-            match peer.rtc.poll_output() {
+            let Some(output) = contained(id, || peer.rtc.poll_output()) else {
+                return self.crash(id);
+            };
+            match output {
                 Ok(Output::Timeout(t)) => {
                     peer.next_timeout = t;
                     return;
@@ -518,12 +544,13 @@ impl Engine {
 
     /// Removes peers whose `Rtc` died (ICE timeout, DTLS failure) and tells their client.
     fn reap_dead_peers(&mut self) {
-        let dead: Vec<ConnId> = self
+        let mut dead: Vec<ConnId> = self
             .conns
             .iter()
             .filter(|(_, c)| c.peer.as_ref().is_some_and(|p| !p.rtc.is_alive()))
             .map(|(id, _)| *id)
             .collect();
+        dead.append(&mut self.crashed);
         for id in dead {
             tracing::info!(%id, "media connection lost");
             self.send(
@@ -646,4 +673,37 @@ pub(crate) fn host_candidates(udp: &[SocketAddr], tcp: &[SocketAddr]) -> Vec<Can
             .ok()
     });
     udp.chain(tcp).collect()
+}
+
+/// Runs a call into one peer's `Rtc`, containing a panic inside str0m to that peer (`None`):
+/// one event loop serves every lesson on the node, and a panic there took them all down (a
+/// TWCC bookkeeping bug, session 5). The caller drops the peer; its client reconnects.
+fn contained<T>(id: ConnId, call: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(value) => Some(value),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(%id, "media engine panicked on this peer, dropping it: {what}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_one_peer_is_contained_and_reported_as_none() {
+        let id = ConnId(1);
+        assert_eq!(contained(id, || 7), Some(7));
+        let crashed: Option<()> = contained(id, || panic!("TWCC records out of step"));
+        assert_eq!(crashed, None);
+        let crashed: Option<u8> = contained(id, || panic!("{} bytes", 5000));
+        assert_eq!(crashed, None, "a formatted message too");
+    }
 }

@@ -15,6 +15,12 @@ pub const MAX_DISTANCE: usize = 3;
 /// [`depth()`] of them.
 pub const DISTANCES: [usize; MAX_DISTANCE] = [1, 2, 3];
 
+/// Largest RED payload sent: the deepest blocks are left out beyond it. Opus at its highest
+/// bitrate sends 1275-byte frames, and four of them do not fit a datagram (str0m could not
+/// send such a packet; it panicked before it was patched to drop it). 1200 bytes also keeps
+/// an audio packet within the path MTU of a village link.
+pub const MAX_RED_BYTES: usize = 1200;
+
 /// How many redundant blocks a subscriber's audio carries. By loss: one level below 2 %, two
 /// below 8 %, three above (bursty village loss takes out two or three packets in a row; a
 /// Gilbert-Elliott bad state lasts about three). But only one level while the link is
@@ -59,7 +65,8 @@ impl AudioHistory {
     }
 
     /// The newest packet wrapped in RED with blocks `distances` back, all with payload type `pt`.
-    /// Blocks that do not fit RED's fields (a gap over 14 bits of time, say) are left out.
+    /// Blocks that do not fit RED's fields (a gap over 14 bits of time, say) are left out, and
+    /// so are the deepest ones beyond [`MAX_RED_BYTES`].
     pub fn red_payload(&self, pt: u8, distances: &[usize]) -> Option<Vec<u8>> {
         let (time, primary) = self.entries.back()?;
         let newest = self.entries.len() - 1;
@@ -74,6 +81,13 @@ impl AudioHistory {
             })
             .collect();
         blocks.retain(|b| b.fits() && b.timestamp_offset > 0);
+        // Four header bytes per redundant block, one for the primary's.
+        let size = |blocks: &[RedundantBlock]| {
+            blocks.iter().map(|b| 4 + b.payload.len()).sum::<usize>() + 1 + primary.len()
+        };
+        while !blocks.is_empty() && size(&blocks) > MAX_RED_BYTES {
+            blocks.remove(0); // oldest first
+        }
         Some(RedEncoder::encode(pt, primary, &blocks))
     }
 }
@@ -104,6 +118,39 @@ mod tests {
         // The primary comes back out of it.
         let red: Arc<[u8]> = Arc::from(red);
         assert_eq!(&*primary(&red, true).unwrap(), &[4u8; 14][..]);
+    }
+
+    #[test]
+    fn large_frames_keep_the_payload_within_a_packet() {
+        // Opus at its top bitrate: 1275-byte frames. Three back would be 5 kB.
+        let mut h = AudioHistory::default();
+        for i in 0..4u32 {
+            h.push(960 * i, Arc::from(vec![i as u8; 400 + 200 * i as usize]));
+        }
+        let red = h.red_payload(111, &DISTANCES).unwrap();
+        assert!(red.len() <= MAX_RED_BYTES, "{} bytes", red.len());
+        let blocks = RedDecoder::decode(&red).unwrap();
+        // The newest (1000 bytes) and the one before it (800) do not fit together: primary only.
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(blocks[0].payload.len(), 1000);
+        // Smaller frames keep what fits, the newest first.
+        let mut h = AudioHistory::default();
+        for i in 0..4u32 {
+            h.push(960 * i, Arc::from(vec![i as u8; 300]));
+        }
+        let blocks = RedDecoder::decode(&h.red_payload(111, &DISTANCES).unwrap())
+            .unwrap()
+            .iter()
+            .map(|b| b.timestamp_offset)
+            .collect::<Vec<_>>();
+        assert_eq!(blocks, vec![1920, 960, 0], "the oldest left out");
+        // A frame over the limit on its own still goes out, plain.
+        let mut h = AudioHistory::default();
+        h.push(0, Arc::from(vec![1u8; 100]));
+        h.push(960, Arc::from(vec![2u8; 1275]));
+        let red = h.red_payload(111, &DISTANCES).unwrap();
+        assert_eq!(RedDecoder::decode(&red).unwrap().len(), 1);
+        assert_eq!(red.len(), 1276);
     }
 
     #[test]

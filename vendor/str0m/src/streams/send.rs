@@ -606,14 +606,27 @@ impl StreamTx {
         &mut self,
         now: Instant,
         exts: &ExtensionMap,
-        twcc: Option<&mut u64>,
+        mut twcc: Option<&mut u64>,
         params: &[PayloadParams],
         buf: &mut Vec<u8>,
     ) -> Option<PacketReceipt> {
+        // tongbu patch: how many queued packets one poll may drop (a FEC packet with nothing
+        // left to protect, a payload too large) before it gives up until the next. Without a
+        // retry the stream sent nothing more until the pacer's next timeout: a publisher's
+        // oversized audio starved the subscriber's video.
+        const MAX_DROPPED_PER_POLL: usize = 8;
         // Taken out for the duration so that it can be used while the polled packet borrows
         // the queues; nothing else can touch it meanwhile (`&mut self`).
         let mut ulpfec = self.ulpfec.take();
-        let receipt = self.poll_packet_inner(now, exts, twcc, params, buf, ulpfec.as_mut());
+        let mut receipt = None;
+        for _ in 0..MAX_DROPPED_PER_POLL {
+            let queued = self.send_queue.len();
+            let twcc = twcc.as_deref_mut();
+            receipt = self.poll_packet_inner(now, exts, twcc, params, buf, ulpfec.as_mut());
+            if receipt.is_some() || self.send_queue.len() == queued {
+                break;
+            }
+        }
         self.ulpfec = ulpfec;
         receipt
     }
@@ -852,6 +865,21 @@ impl StreamTx {
             }
             NextPacketKind::Regular | NextPacketKind::Resend(_) => {
                 let body_len = pkt.payload.len();
+                if body_len > body_out.len() {
+                    // tongbu patch: a payload the datagram cannot hold (a forwarded packet near
+                    // the receive limit, plus our header extensions) is dropped; copying it
+                    // panicked, and one event loop serves every session of the process.
+                    warn!(
+                        body_len,
+                        room = body_out.len(),
+                        "RTP payload too large to send, dropped"
+                    );
+                    unsent();
+                    if pop_send_queue {
+                        self.send_queue.pop(now);
+                    }
+                    return None;
+                }
                 if let Some(patch) = pkt.vp8_patch.as_ref() {
                     patch.copy_to(pkt.payload.as_ref(), &mut body_out[..body_len]);
                 } else {
@@ -1660,19 +1688,36 @@ mod test {
         stream.write_rtp(RtpWrite::new(red_pt, 2.into(), 0, now, vec![]).ulpfec(0.into(), 0b11));
         stream.write_rtp(RtpWrite::new(media_pt, 3.into(), 0, now, vec![2_u8; 100]));
         stream.send_queue.handle_timeout(now);
-        assert!(
-            stream
-                .poll_packet(now, &exts, Some(&mut twcc), codecs.params(), &mut buf)
-                .is_none(),
-            "nothing to protect: no FEC packet"
-        );
-        assert_eq!(twcc, 9, "its number is given back");
+        // Nothing to protect: no FEC packet; the same poll sends the media packet after it,
+        // with the number the FEC packet gave back.
         let next = stream
             .poll_packet(now, &exts, Some(&mut twcc), codecs.params(), &mut buf)
             .expect("the media packet after it");
         assert_eq!(*next.seq_no, 3);
         assert_eq!(next.header.ext_vals.transport_cc, Some(9));
         assert_eq!(twcc, 10);
+    }
+
+    #[test]
+    fn a_payload_too_large_for_a_datagram_is_dropped_not_a_panic() {
+        // tongbu patch: a forwarded payload near the receive limit does not fit with our header.
+        let now = Instant::now();
+        let codecs = CodecConfig::new_with_defaults();
+        let pt = codecs.params()[0].pt();
+        let exts = ExtensionMap::standard();
+        let mut stream = StreamTx::new(42.into(), None, MidRid("vid".into(), None), false, 1200);
+        let mut buf = vec![];
+        let mut twcc = 3;
+        stream.write_rtp(RtpWrite::new(pt, 0.into(), 0, now, vec![7_u8; 1995]));
+        stream.write_rtp(RtpWrite::new(pt, 1.into(), 0, now, vec![8_u8; 1000]));
+        stream.send_queue.handle_timeout(now);
+        // The same poll drops it and sends the next, with the number it gave back.
+        let next = stream
+            .poll_packet(now, &exts, Some(&mut twcc), codecs.params(), &mut buf)
+            .expect("the next packet goes out");
+        assert_eq!(*next.seq_no, 1);
+        assert_eq!(next.header.ext_vals.transport_cc, Some(3));
+        assert_eq!(twcc, 4);
     }
 
     #[test]

@@ -82,6 +82,11 @@ impl SendQueue {
         self.queue.is_empty()
     }
 
+    /// Packets queued (tongbu patch).
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     pub fn last(&self) -> Option<&RtpPacket> {
         self.queue.back()
     }
