@@ -350,20 +350,7 @@ async fn audio_goes_out_red_wrapped_where_negotiated() {
         },
     )
     .await;
-    let audio_frames = |c: &TestClient| {
-        let s = c.state.lock().unwrap();
-        let Some(mid) = s
-            .tracks
-            .values()
-            .find(|t| t.from_teacher && t.kind == MediaKind::Audio)
-        else {
-            return 0;
-        };
-        s.received
-            .iter()
-            .filter(|r| r.mid.to_string() == mid.mid)
-            .count()
-    };
+    let audio_frames = |c: &TestClient| c.frames_from_teacher(MediaKind::Audio);
     for c in [&reference, &lossy, &plain] {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while audio_frames(c) < 30 {
@@ -437,16 +424,7 @@ async fn large_opus_frames_are_forwarded_without_harm() {
     };
     let classroom =
         TestClient::connect_with(srv.http_addr, common::join_by_code(&srv, 0), &[], with_red).await;
-    let teacher_frames = |kind: MediaKind| {
-        let s = classroom.state.lock().unwrap();
-        let Some(track) = s.tracks.values().find(|t| t.from_teacher && t.kind == kind) else {
-            return 0;
-        };
-        s.received
-            .iter()
-            .filter(|r| r.mid.to_string() == track.mid)
-            .count()
-    };
+    let teacher_frames = |kind: MediaKind| classroom.frames_from_teacher(kind);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while teacher_frames(MediaKind::Audio) < 100 || teacher_frames(MediaKind::Video) < 30 {
         assert!(

@@ -65,8 +65,9 @@ impl OverflowDetector {
         };
         let floor = self.min_rtt.map_or(fb.rtt, |lowest| lowest.min(fb.rtt));
         self.min_rtt = Some(floor);
-        // The queue stands through the window (a loss burst on a radio link that meets a frame's
-        // burst at the bottleneck does not: it bounded bursty links a few times a minute). With
+        // The queue stands through the newest half of the window (a loss burst on a radio link
+        // that meets a frame's burst at the bottleneck does not: by the newest round trip alone
+        // it bounded bursty links a few times a minute). With
         // nothing delivered there is no transit to go by; the newest round trip then tells.
         let queued = match queue {
             Some(queue) => queue >= QUEUE_GROWTH,

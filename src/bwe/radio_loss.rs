@@ -42,7 +42,7 @@ const LOSS_MEMORY: Duration = Duration::from_secs(10);
 /// Per subscriber; see the module documentation.
 #[derive(Debug, Clone, Default)]
 pub struct RadioLoss {
-    /// Readings over the floor in a row.
+    /// Readings with a queue in a row.
     grown: u32,
     /// Since when no queue has stood (`None`: one stands, or the link just overflowed).
     calm_since: Option<Instant>,

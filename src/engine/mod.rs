@@ -677,7 +677,7 @@ pub(crate) fn host_candidates(udp: &[SocketAddr], tcp: &[SocketAddr]) -> Vec<Can
 
 /// Runs a call into one peer's `Rtc`, containing a panic inside str0m to that peer (`None`):
 /// one event loop serves every lesson on the node, and a panic there took them all down (a
-/// TWCC bookkeeping bug, session 5). The caller drops the peer; its client reconnects.
+/// TWCC bookkeeping bug in str0m, since fixed). The caller drops the peer; its client reconnects.
 fn contained<T>(id: ConnId, call: impl FnOnce() -> T) -> Option<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
         Ok(value) => Some(value),

@@ -15,10 +15,10 @@ pub const MAX_DISTANCE: usize = 3;
 /// [`depth()`] of them.
 pub const DISTANCES: [usize; MAX_DISTANCE] = [1, 2, 3];
 
-/// Largest RED payload sent: the deepest blocks are left out beyond it. Opus at its highest
-/// bitrate sends 1275-byte frames, and four of them do not fit a datagram (str0m could not
-/// send such a packet; it panicked before it was patched to drop it). 1200 bytes also keeps
-/// an audio packet within the path MTU of a village link.
+/// Largest RED payload sent: the deepest blocks are left out beyond it. Opus at 400 kbit/s
+/// sends 1000-byte frames, and two of them do not fit a datagram with our headers (str0m
+/// could not send such a packet; it panicked before it was patched to drop it). 1200 bytes
+/// also keeps an audio packet within the path MTU of a village link.
 pub const MAX_RED_BYTES: usize = 1200;
 
 /// How many redundant blocks a subscriber's audio carries. By loss: one level below 2 %, two
@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn large_frames_keep_the_payload_within_a_packet() {
-        // Opus at its top bitrate: 1275-byte frames. Three back would be 5 kB.
+        // Frames of 400–1000 bytes (Opus at 160–400 kbit/s): three back would be 2.8 kB.
         let mut h = AudioHistory::default();
         for i in 0..4u32 {
             h.push(960 * i, Arc::from(vec![i as u8; 400 + 200 * i as usize]));

@@ -327,6 +327,18 @@ impl TestClient {
             .map(|t| Mid::from(t.mid.as_str()))
     }
 
+    /// Frames received so far on the teacher's track of `kind` (0 before it is announced).
+    pub fn frames_from_teacher(&self, kind: tongbu::signal::message::MediaKind) -> usize {
+        let s = self.state.lock().unwrap();
+        let Some(track) = s.tracks.values().find(|t| t.from_teacher && t.kind == kind) else {
+            return 0;
+        };
+        s.received
+            .iter()
+            .filter(|r| r.mid.to_string() == track.mid)
+            .count()
+    }
+
     pub fn frames_on(&self, mid: Mid) -> Vec<Received> {
         self.state
             .lock()

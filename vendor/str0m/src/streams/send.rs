@@ -612,8 +612,7 @@ impl StreamTx {
     ) -> Option<PacketReceipt> {
         // tongbu patch: how many queued packets one poll may drop (a FEC packet with nothing
         // left to protect, a payload too large) before it gives up until the next. Without a
-        // retry the stream sent nothing more until the pacer's next timeout: a publisher's
-        // oversized audio starved the subscriber's video.
+        // retry the packet behind a dropped one waited for the pacer's next timeout.
         const MAX_DROPPED_PER_POLL: usize = 8;
         // Taken out for the duration so that it can be used while the polled packet borrows
         // the queues; nothing else can touch it meanwhile (`&mut self`).
@@ -635,7 +634,7 @@ impl StreamTx {
         &mut self,
         now: Instant,
         exts: &ExtensionMap,
-        twcc: Option<&mut u64>,
+        mut twcc: Option<&mut u64>,
         params: &[PayloadParams],
         buf: &mut Vec<u8>,
         mut ulpfec: Option<&mut UlpfecSender>,
@@ -811,7 +810,6 @@ impl StreamTx {
         }
 
         // TWCC might not be enabled for this m-line.
-        let mut twcc = twcc;
         if let Some(twcc) = twcc.as_deref_mut() {
             header.ext_vals.transport_cc = Some(*twcc as u16);
             *twcc += 1;
