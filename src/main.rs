@@ -113,6 +113,10 @@ struct ServeArgs {
     /// Let loss cut the estimate even at a steady round trip (radio loss); for comparison runs.
     #[arg(long)]
     no_loss_tolerance: bool,
+    /// A camera layer running at under this share of its lowest layer's frame rate is not
+    /// offered (its encoder starves it); 0: always offered.
+    #[arg(long, default_value_t = 0.6)]
+    choppy_ratio: f64,
 }
 
 fn load_directory(path: Option<&PathBuf>) -> anyhow::Result<Directory> {
@@ -203,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
                     retransmit_share_cap: args.retransmit_share_cap.clamp(0.05, 1.0),
                     video_fec: !args.no_video_fec,
                     loss_tolerance: !args.no_loss_tolerance,
+                    choppy_ratio: args.choppy_ratio.clamp(0.0, 1.0),
                     ..Default::default()
                 },
                 time_zone: chrono_tz::Asia::Shanghai,

@@ -31,6 +31,8 @@ struct LayerMeter {
     tl0: Meter,
     /// Temporal layers 0 and 1 (half the frame rate of three temporal layers).
     tl1: Meter,
+    /// Frame ends (one unit per frame, no bytes): the layer's frame rate.
+    frames: Meter,
     last_seen: Option<Instant>,
 }
 
@@ -84,6 +86,42 @@ impl LayerRates {
         meter.last_seen = Some(now);
     }
 
+    /// Count the end of a frame on `layer` (the packet with the RTP marker bit).
+    pub fn on_frame_end(&mut self, now: Instant, layer: u8) {
+        let Some(meter) = self.layers.get_mut(layer as usize) else {
+            return;
+        };
+        let at_us = now
+            .saturating_duration_since(*self.epoch.get_or_insert(now))
+            .as_micros() as u64;
+        meter.frames.add(at_us / self.bucket_us, at_us, 0);
+    }
+
+    /// Frames per second `layer` sent over the window, or `None` when it ended no frame in it.
+    pub fn frame_rate(&self, now: Instant, layer: u8) -> Option<f64> {
+        let meter = self.layers.get(layer as usize)?;
+        let epoch = self.epoch?;
+        let now_slot = now.saturating_duration_since(epoch).as_micros() as u64 / self.bucket_us;
+        meter
+            .frames
+            .window(now_slot)
+            .per_second(self.bucket_us, self.window_us)
+    }
+
+    /// Whether `layer` runs at under `ratio` of the lowest layer's frame rate. Simulcast layers
+    /// share one camera, so a higher layer that sends fewer frames is one its encoder starves:
+    /// Chromium's VP8 at 1 Mbit/s drops two frames in three of a detailed 720p picture, and the
+    /// ones it keeps come in bursts with gaps of 200–600 ms. The lowest layer is never choppy.
+    pub fn choppy(&self, now: Instant, layer: u8, ratio: f64) -> bool {
+        if layer == 0 || ratio <= 0.0 {
+            return false;
+        }
+        match (self.frame_rate(now, 0), self.frame_rate(now, layer)) {
+            (Some(lowest), Some(this)) => this < lowest * ratio,
+            _ => false,
+        }
+    }
+
     /// The bitrate of `layer`, or `None` when it has sent nothing for `layer_stale_after`.
     pub fn layer(&self, now: Instant, layer: u8) -> Option<LayerBitrate> {
         let meter = self.layers.get(layer as usize)?;
@@ -132,6 +170,20 @@ struct WindowSum {
 }
 
 impl WindowSum {
+    /// Units per second: between the first and the last unit when they span a bucket, else
+    /// spread over the window.
+    fn per_second(&self, bucket_us: u64, window_us: u64) -> Option<f64> {
+        if self.units == 0 {
+            return None;
+        }
+        let span_us = self.last_us - self.first_us;
+        Some(if self.units >= 2 && span_us >= bucket_us {
+            f64::from(self.units - 1) * 1e6 / span_us as f64
+        } else {
+            f64::from(self.units) * 1e6 / window_us as f64
+        })
+    }
+
     fn bps(&self, bucket_us: u64, window_us: u64) -> Option<u64> {
         if self.units == 0 {
             return None;
@@ -245,6 +297,7 @@ mod tests {
         for (offset, i, n) in events {
             let (bytes, temporal) = streams[i].frame(n);
             rates.on_media(start + offset, streams[i].layer, temporal, bytes);
+            rates.on_frame_end(start + offset, streams[i].layer);
         }
     }
 
@@ -417,5 +470,49 @@ mod tests {
             layer.tl0_bps, None,
             "no upper temporal layer: no TL0-only step to offer"
         );
+    }
+
+    #[test]
+    fn a_layer_starved_of_frames_is_choppy() {
+        let start = Instant::now();
+        let stream = |layer, fps| Stream {
+            layer,
+            fps,
+            bps: 300_000,
+            temporal: false,
+        };
+        let end = start + Duration::from_secs(3);
+        let mut rates = LayerRates::new(&Tuning::default());
+        // The 720p encoder keeps one frame in three; the 360p one keeps them all.
+        feed(
+            &mut rates,
+            start,
+            Duration::from_secs(3),
+            &[stream(0, 30), stream(1, 30), stream(2, 10)],
+        );
+        let fps = |layer| rates.frame_rate(end, layer).unwrap();
+        assert!((fps(0) - 30.0).abs() < 0.5, "{}", fps(0));
+        assert!((fps(2) - 10.0).abs() < 0.5, "{}", fps(2));
+        assert!(
+            !rates.choppy(end, 0, 0.6),
+            "the lowest layer is never choppy"
+        );
+        assert!(!rates.choppy(end, 1, 0.6));
+        assert!(rates.choppy(end, 2, 0.6));
+        assert!(!rates.choppy(end, 2, 0.0), "ratio 0 turns the rule off");
+        assert!(!rates.choppy(end, 2, 0.3), "10 of 30 fps is over 0.3 of it");
+
+        // 20 of 30 fps is two thirds: smooth enough at 0.6.
+        let mut rates = LayerRates::new(&Tuning::default());
+        feed(
+            &mut rates,
+            start,
+            Duration::from_secs(3),
+            &[stream(0, 30), stream(2, 20)],
+        );
+        assert!(!rates.choppy(end, 2, 0.6));
+        // A layer that ended no frame in the window is not judged (it is stale or about to be).
+        assert_eq!(rates.frame_rate(end + Duration::from_secs(2), 2), None);
+        assert!(!rates.choppy(end + Duration::from_secs(2), 2, 0.6));
     }
 }

@@ -116,6 +116,10 @@ impl Engine {
                 _ => Priority::Classroom,
             };
             let mut layers = published.rates.bitrates(now);
+            if sub.kind == MediaKind::Video && sub.source != SourceKind::Screen {
+                let ratio = self.tuning.choppy_ratio;
+                layers.retain(|l| !published.rates.choppy(now, l.layer, ratio));
+            }
             if sub.kind == MediaKind::Audio && layers.is_empty() {
                 layers.push(LayerBitrate {
                     layer: 0,

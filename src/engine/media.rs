@@ -176,6 +176,7 @@ impl Engine {
                     .rates
                     .on_media(now, layer, vp8.temporal, packet.payload.len());
                 if packet.header.marker {
+                    track.rates.on_frame_end(now, layer);
                     metrics.frames_in.inc();
                 }
                 if vp8.keyframe {
