@@ -468,7 +468,12 @@
 
   Client.prototype.isSharing = function () { return !!this._screen; };
 
-  /** Dynacast: encode only the simulcast layers someone receives (saves a weak uplink). */
+  /** Layer shaping: a layer may take up to this many times its own maxBitrate when the server
+   *  says every subscriber on it has room (publish_layers.max_kbps). */
+  var SHAPE_CEILING = 3;
+
+  /** Dynacast: encode only the simulcast layers someone receives (saves a weak uplink), each
+   *  shaped layer at the bitrate the server asks, between its own maxBitrate and 3 times it. */
   Client.prototype._applyPublishLayers = async function (msg) {
     var pc = this.pc;
     if (!pc) return;
@@ -481,9 +486,18 @@
       var params = sender.getParameters();
       if (!params.encodings || params.encodings.length < 2) return;
       var changed = false;
+      // Each layer's own maxBitrate, read when the server first shapes it; a layer it stops
+      // shaping goes back to it.
+      var own = sender._ownMaxBitrate || (sender._ownMaxBitrate = {});
+      var asked = msg.max_kbps || {};
       params.encodings.forEach(function (e) {
         var on = msg.active.indexOf(e.rid) >= 0;
         if (e.active !== on) { e.active = on; changed = true; }
+        if (asked[e.rid] && !(e.rid in own)) own[e.rid] = e.maxBitrate;
+        var base = own[e.rid];
+        if (!base) return; // never shaped, or no maxBitrate of its own to start from
+        var want = asked[e.rid] ? Math.max(base, Math.min(SHAPE_CEILING * base, asked[e.rid] * 1000)) : base;
+        if (e.maxBitrate !== want) { e.maxBitrate = want; changed = true; }
       });
       if (changed) {
         try { await sender.setParameters(params); } catch (e) { log('setParameters failed:', e); }

@@ -42,6 +42,18 @@ pub struct LayerBitrate {
     pub tl1_bps: Option<u64>,
 }
 
+impl LayerBitrate {
+    /// A layer without temporal layers (audio, or video that carries none).
+    pub fn plain(layer: u8, bps: u64) -> Self {
+        Self {
+            layer,
+            bps,
+            tl0_bps: None,
+            tl1_bps: None,
+        }
+    }
+}
+
 /// One track this subscriber receives, as the allocator sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrackDemand {
@@ -382,12 +394,7 @@ mod tests {
         TrackDemand {
             id,
             priority: Priority::Audio,
-            layers: vec![LayerBitrate {
-                layer: 0,
-                bps,
-                tl0_bps: None,
-                tl1_bps: None,
-            }],
+            layers: vec![LayerBitrate::plain(0, bps)],
             max_layer: 0,
             redundancy,
             partial_rates: true,

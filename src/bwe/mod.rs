@@ -7,6 +7,7 @@
 //! - [`allocate()`]: split one subscriber's estimate across its tracks by priority.
 //! - [`select`]: per (subscriber, video track) layer selector: max / target / current, with hysteresis.
 //! - [`keyframe`]: keyframe requests throttled and shared across subscribers of a publisher layer.
+//! - [`shape`]: each camera layer encoded at what its subscribers have room for.
 //!
 //! One estimate update runs `rates` → `allocate` → `select::LayerSelector::on_allocation`; every
 //! forwarded frame runs `LayerSelector::on_frame`; `LayerSelector::keyframe_request` goes through
@@ -19,6 +20,7 @@ pub mod queue;
 pub mod radio_loss;
 pub mod rates;
 pub mod select;
+pub mod shape;
 
 use std::time::Duration;
 
@@ -32,6 +34,7 @@ pub use queue::QueueGauge;
 pub use radio_loss::RadioLoss;
 pub use rates::{LayerRates, MAX_LAYERS};
 pub use select::{FrameDecision, FrameInfo, KeyframeRequest, LayerSelector};
+pub use shape::{LayerShaper, Room};
 
 /// The knobs of bandwidth adaptation, with defaults chosen for rural links (256 kbit/s–2 Mbit/s,
 /// 60–600 ms RTT, bursty loss); see each field for why.

@@ -7,8 +7,11 @@ use std::time::Instant;
 
 use str0m::bwe::Bitrate;
 
-use crate::bwe::{allocate, overflow, LayerBitrate, LayerChoice as Choice, Priority, TrackDemand};
-use crate::media::peer::{OutState, Peer};
+use crate::bwe::{
+    allocate, overflow, LayerBitrate, LayerChoice as Choice, Priority, Room, TrackDemand,
+    MAX_LAYERS,
+};
+use crate::media::peer::{OutState, Peer, Published};
 use crate::media::red;
 use crate::signal::message::{
     LayerChoice, LinkInfo, LinkLevel, MediaKind, Role, ServerMessage, SourceKind, TrackQuality,
@@ -81,6 +84,8 @@ impl Engine {
 
         // Pass 1, read-only: what each received track costs and may take.
         let mut demands = Vec::with_capacity(peer.subscribed.len());
+        let mut shapeables = Vec::with_capacity(peer.subscribed.len());
+        let mut ceilings = Vec::with_capacity(peer.subscribed.len());
         let mut red_depth = 1;
         let fec_on = self.tuning.video_fec && peer.fec_link.is_on();
         // Loss as the repair costs see it: up at once, down over seconds. A village link's
@@ -116,17 +121,20 @@ impl Engine {
                 _ => Priority::Classroom,
             };
             let mut layers = published.rates.bitrates(now);
+            let shapeable = sub.kind == MediaKind::Video
+                && sub.from_teacher
+                && sub.source != SourceKind::Screen
+                && published.layers.len() > 1;
+            ceilings.push(std::array::from_fn::<_, MAX_LAYERS, _>(|l| {
+                published.shaper.ceiling(l as u8)
+            }));
             if sub.kind == MediaKind::Video && sub.source != SourceKind::Screen {
                 let ratio = self.tuning.choppy_ratio;
                 layers.retain(|l| !published.rates.choppy(now, l.layer, ratio));
             }
+            shapeables.push(shapeable);
             if sub.kind == MediaKind::Audio && layers.is_empty() {
-                layers.push(LayerBitrate {
-                    layer: 0,
-                    bps: AUDIO_DEFAULT_BPS,
-                    tl0_bps: None,
-                    tl1_bps: None,
-                });
+                layers.push(LayerBitrate::plain(0, AUDIO_DEFAULT_BPS));
             }
             let thumbnail = is_teacher && !is_called_on;
             let redundancy = match sub.kind {
@@ -188,6 +196,12 @@ impl Engine {
         peer.fec_mode = fec_mode;
         peer.fec_rate = fec_rate;
         let overflowing = allocation.is_some() && peer.overflow.cap_bps().is_some();
+        let rooms = shaping_rooms(
+            &demands,
+            &shapeables,
+            allocation.as_ref(),
+            (estimate as f64 * self.tuning.headroom) as u64,
+        );
         for (i, demand) in demands.iter().enumerate() {
             let Some(video) = peer
                 .subscribed
@@ -209,18 +223,90 @@ impl Engine {
                 }),
             };
             video.selector.on_allocation(now, choice);
+            video.room = rooms[i];
         }
         if let Some(a) = &allocation {
             tracing::trace!(%id, estimate, allocated = a.allocated_bps, desired = a.desired_bps, tracks = ?a.tracks, ?demands, "allocation");
         }
         if let Some(a) = allocation {
-            let rates = (a.sustain_bps(), a.desired_bps.max(a.allocated_bps));
+            // Probe for what raising the shaped layer up to its ceiling would take, so that the
+            // estimate can grow into it.
+            let shaping_probe = favoured(&demands, &shapeables, &a)
+                .and_then(|i| {
+                    let layer = a.tracks[i].choice?.layer;
+                    let ceiling = ceilings[i][layer as usize]?;
+                    let taken = demands[i].layers.iter().find(|l| l.layer == layer)?.bps;
+                    Some(ceiling.saturating_sub(taken) as f64 * (1.0 + demands[i].redundancy))
+                })
+                .map_or(0, |extra| {
+                    ((a.allocated_bps as f64 + extra) / self.tuning.headroom) as u64
+                });
+            let rates = (
+                a.sustain_bps(),
+                a.desired_bps.max(a.allocated_bps).max(shaping_probe),
+            );
             if peer.bwe_rates != Some(rates) {
                 peer.bwe_rates = Some(rates);
                 peer.rtc
                     .bwe()
                     .set_bitrate(Bitrate::bps(rates.0), Bitrate::bps(rates.1));
                 self.mark_dirty(id);
+            }
+        }
+    }
+
+    /// Every adaptation tick, after the allocations: each layer of the teacher's camera at the
+    /// bitrate its subscribers have room for (`bwe::shape`); the teacher hears of changes at
+    /// once. Classroom cameras keep their own rates: Chromium fills a lower simulcast layer
+    /// before a higher one, so on a village uplink a raised thumbnail layer would take from the
+    /// layer the called-on classroom is seen in.
+    fn shape_layers(&mut self, now: Instant) {
+        let mut updates = Vec::new();
+        for (pub_id, conn) in &self.conns {
+            if conn.joined.as_ref().map(|j| j.role) != Some(Role::Teacher) {
+                continue;
+            }
+            let Some(peer) = conn.peer.as_ref() else {
+                continue;
+            };
+            for track in peer.published.iter() {
+                if track.kind != MediaKind::Video
+                    || track.source == SourceKind::Screen
+                    || track.layers.len() < 2
+                {
+                    continue;
+                }
+                let mut rooms = [Room::Unwatched; MAX_LAYERS];
+                let subscribers = self
+                    .conns
+                    .values()
+                    .filter_map(|c| c.peer.as_ref())
+                    .flat_map(|p| p.subscribed.iter())
+                    .filter(|s| s.key.publisher == *pub_id && s.key.mid == track.mid);
+                for (layer, room) in subscribers.filter_map(|s| s.video.as_ref()?.room) {
+                    if let Some(r) = rooms.get_mut(layer as usize) {
+                        r.add(room);
+                    }
+                }
+                updates.push((*pub_id, track.mid, rooms));
+            }
+        }
+        for (pub_id, mid, rooms) in updates {
+            let Some(track) = self
+                .conns
+                .get_mut(&pub_id)
+                .and_then(|c| c.peer.as_mut())
+                .and_then(|p| p.published.iter_mut().find(|t| t.mid == mid))
+            else {
+                continue;
+            };
+            let measured: Vec<Option<u64>> = (0..MAX_LAYERS as u8)
+                .map(|l| track.rates.layer(now, l).map(|b| b.bps))
+                .collect();
+            if track.shaper.update(now, &measured, &rooms).is_some() {
+                tracing::debug!(%pub_id, %mid, told = ?track.shaper.told(), "layer shaping");
+                let msg = publish_layers(track);
+                self.send(pub_id, msg);
             }
         }
     }
@@ -265,6 +351,9 @@ impl Engine {
                 self.ask_keyframe(key, track_id, req.layer, req.waiting_since, now);
             }
         }
+        if self.adaptation {
+            self.shape_layers(now);
+        }
     }
 
     /// Once a second: dynacast, RED, and quality reports.
@@ -306,21 +395,9 @@ impl Engine {
             let Some(track) = peer.published.iter_mut().find(|t| t.mid == mid) else {
                 continue;
             };
-            let rids = track
-                .layers
-                .iter()
-                .zip(&active)
-                .filter(|(_, on)| **on)
-                .filter_map(|(r, _)| r.map(|r| r.to_string()))
-                .collect();
             track.active = active;
-            self.send(
-                pub_id,
-                ServerMessage::PublishLayers {
-                    mid: mid.to_string(),
-                    active: rids,
-                },
-            );
+            let msg = publish_layers(track);
+            self.send(pub_id, msg);
         }
     }
 
@@ -431,6 +508,70 @@ fn follow_feedback(
     true
 }
 
+/// What a publisher is told of one track: the layers to encode and the bitrates shaped ones
+/// may take.
+fn publish_layers(track: &Published) -> ServerMessage {
+    let active = track
+        .layers
+        .iter()
+        .zip(&track.active)
+        .filter(|(_, on)| **on)
+        .filter_map(|(r, _)| r.map(|r| r.to_string()))
+        .collect();
+    let max_kbps = track
+        .layers
+        .iter()
+        .zip(track.shaper.told())
+        .filter_map(|(rid, bps)| Some((rid.as_ref()?.to_string(), (bps.as_ref()? / 1000) as u32)))
+        .collect();
+    ServerMessage::PublishLayers {
+        mid: track.mid.to_string(),
+        active,
+        max_kbps,
+    }
+}
+
+/// The track the allocation's spare budget goes to: the highest-priority shapeable one taken
+/// at full frame rate.
+fn favoured(
+    demands: &[TrackDemand],
+    shapeable: &[bool],
+    a: &crate::bwe::Allocation,
+) -> Option<usize> {
+    (0..demands.len())
+        .filter(|&i| shapeable[i] && a.tracks[i].choice.is_some_and(|c| c.full_frame_rate()))
+        .min_by_key(|&i| demands[i].priority)
+}
+
+/// Per received track, the layer this subscriber takes at full frame rate and the video
+/// bitrate it has room for on it (`VideoOut::room`). What the allocation left of the budget
+/// goes to one track only, the highest-priority camera, so two tracks never count on the same
+/// spare bits; every other track has room for what it takes. Unadapted (baseline, pinned) and
+/// part-frame-rate subscribers have no room.
+fn shaping_rooms(
+    demands: &[TrackDemand],
+    shapeable: &[bool],
+    allocation: Option<&crate::bwe::Allocation>,
+    budget_bps: u64,
+) -> Vec<Option<(u8, Option<u64>)>> {
+    let Some(a) = allocation else {
+        return demands.iter().map(|d| Some((d.max_layer, None))).collect();
+    };
+    let spare = budget_bps.saturating_sub(a.allocated_bps);
+    let favoured = favoured(demands, shapeable, a);
+    (0..demands.len())
+        .map(|i| {
+            let choice = a.tracks[i].choice?;
+            if !choice.full_frame_rate() {
+                return Some((choice.layer, None));
+            }
+            let extra = if Some(i) == favoured { spare } else { 0 };
+            let video = (a.tracks[i].bps + extra) as f64 / (1.0 + demands[i].redundancy);
+            Some((choice.layer, Some(video as u64)))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,5 +600,52 @@ mod tests {
         assert_eq!(max_layer(LayerChoice::Medium, 1, false), 0);
         assert_eq!(max_layer(LayerChoice::High, 2, false), 1);
         assert_eq!(max_layer(LayerChoice::Low, 3, false), 0);
+    }
+
+    #[test]
+    fn the_spare_budget_goes_to_the_highest_priority_camera_only() {
+        let tuning = crate::bwe::Tuning::default();
+        let video = |id, priority, bps| TrackDemand {
+            id,
+            priority,
+            layers: vec![LayerBitrate::plain(0, bps)],
+            max_layer: 0,
+            redundancy: 0.25,
+            partial_rates: true,
+        };
+        let demands = [
+            video(0, Priority::CalledOn, 300_000),
+            video(1, Priority::TeacherCamera, 400_000),
+            video(2, Priority::Screen, 200_000),
+        ];
+        let shapeable = [true, true, false];
+        let estimate = 2_000_000;
+        let budget = (estimate as f64 * tuning.headroom) as u64;
+        let a = allocate(estimate, &demands, &tuning);
+        let rooms = shaping_rooms(&demands, &shapeable, Some(&a), budget);
+        let spare = budget - a.allocated_bps;
+        assert!(spare > 500_000, "{a:?}");
+        // Teacher camera: its own video plus the spare, net of its repair share.
+        let teacher = rooms[1].unwrap();
+        assert_eq!(teacher.0, 0);
+        let expected = (a.tracks[1].bps + spare) as f64 / 1.25;
+        assert!(
+            (teacher.1.unwrap() as f64 - expected).abs() < 2.0,
+            "{rooms:?}"
+        );
+        // The others: what they take now.
+        for i in [0, 2] {
+            let taken = (a.tracks[i].bps as f64 / 1.25) as u64;
+            assert_eq!(rooms[i], Some((0, Some(taken))), "track {i}");
+        }
+        // Unadapted: the top layer allowed, no room.
+        assert_eq!(
+            shaping_rooms(&demands, &shapeable, None, budget),
+            vec![Some((0, None)); 3]
+        );
+        // Paused for lack of budget: on no layer.
+        let starved = allocate(100_000, &demands, &tuning);
+        let rooms = shaping_rooms(&demands, &shapeable, Some(&starved), 90_000);
+        assert!(rooms.iter().all(|r| r.is_none()), "{rooms:?}");
     }
 }

@@ -76,6 +76,7 @@ impl Engine {
             active: vec![true; layers.len()],
             layers,
             rates: LayerRates::new(&self.tuning),
+            shaper: Default::default(),
             audio: Default::default(),
         });
         if let Some(lesson_id) = lesson_id {

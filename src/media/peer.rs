@@ -14,7 +14,7 @@ use str0m::Rtc;
 use crate::signal::message::{LayerChoice, MediaKind, SourceKind, TrackInfo, TrackQuality};
 use crate::signal::ConnId;
 
-use crate::bwe::{LayerRates, LayerSelector};
+use crate::bwe::{LayerRates, LayerSelector, LayerShaper};
 
 use super::fec::{FecLink, FecPlanner};
 use super::frames::FrameMemory;
@@ -53,6 +53,8 @@ pub struct Published {
     pub rates: LayerRates,
     /// Layers the publisher was last told to encode (dynacast), lowest first.
     pub active: Vec<bool>,
+    /// The bitrate each camera layer is encoded at, from its subscribers' room (`bwe::shape`).
+    pub shaper: LayerShaper,
     /// Recent audio payloads, for the redundancy each subscriber gets (audio only).
     pub audio: AudioHistory,
 }
@@ -89,6 +91,10 @@ pub struct VideoOut {
     pub fec: FecPlanner,
     /// Whether the stream is in ULPFEC mode (media in RED).
     pub fec_on: bool,
+    /// The layer the last allocation gave at full frame rate and the video bitrate this
+    /// subscriber has room for on it (`None`: no more than the layer's own rate); `None` when
+    /// paused. Read by layer shaping.
+    pub room: Option<(u8, Option<u64>)>,
 }
 
 impl VideoOut {
@@ -100,6 +106,7 @@ impl VideoOut {
             frames: FrameMemory::default(),
             fec: FecPlanner::default(),
             fec_on: false,
+            room: None,
         }
     }
 }

@@ -3,6 +3,8 @@
 //! These types are the single definition of the protocol. `proto/schema.json` is generated from
 //! them (`tongbu schema`), and a test fails when the two drift apart.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -179,10 +181,15 @@ pub enum ServerMessage {
     },
     Pong,
     /// Dynacast: encode only these simulcast layers of the track at `mid` (rids); layers nobody
-    /// receives are paused so a weak uplink carries only what is watched.
+    /// receives are paused so a weak uplink carries only what is watched. `max_kbps` (the
+    /// teacher's camera only): layers whose subscribers all have room for more, and the most to encode each at (kbit/s); the
+    /// client keeps its own setting as a floor and caps the raise (the teacher page: 3 × its own
+    /// maxBitrate). A layer missing from it goes back to the client's own setting.
     PublishLayers {
         mid: String,
         active: Vec<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        max_kbps: BTreeMap<String, u32>,
     },
     /// What this client receives now, sent when it changes: per received video, the layer
     /// (0 = lowest) or paused for lack of bandwidth.
