@@ -10,7 +10,10 @@
 //! - within 22 s after the cap lifts (measured: 9–10 s), the video is back on the top layer:
 //!   as wide as before the cap, and on the layer the server chose before it. At 1 Mbit/s the
 //!   clip's 1280 px layer runs at 10 of 30 fps, and the server offers 640 px at 30 fps instead
-//!   (`Tuning::choppy_ratio`).
+//!   (`Tuning::choppy_ratio`);
+//! - the server raised a teacher layer over the page's own maxBitrate on the 2 Mbit/s link
+//!   (`publish_layers.max_kbps`), and the teacher sent that layer at over 1.3× it (measured:
+//!   640 px at up to 1.5 Mbit/s against its own 500 kbit/s).
 //!
 //! The teacher's top layer is capped at 1 Mbit/s (RTCRtpSender.setParameters) so that it fits a
 //! 2 Mbit/s link: uncapped, Chromium sends ≈2.5 Mbit/s on it for this clip and a 2 Mbit/s

@@ -370,6 +370,7 @@ async function main() {
       return s.getParameters().encodings.map((e) => [e.rid, e.maxBitrate || null]);
     }, cfg.teacherMaxKbps);
     log('teacher encodings capped:', JSON.stringify(set));
+    teacherOwnBps = Object.fromEntries(set);
   }
   log('teacher publishing');
 
@@ -453,6 +454,9 @@ async function checkFec(page, res) {
   log(`OK Chromium rebuilt media from FEC: recovered ${h.recoveredPctOfFec} % of FEC packets' worth; FEC was ${h.fecPctOfPackets} % of video packets`);
 }
 
+/** The teacher's own maxBitrate per rid (bits/s), as set at the start. */
+let teacherOwnBps = {};
+
 function check(rows, res) {
   const c = cfg.capChecks;
   const q = messages.classroom.filter((m) => m.type === 'quality');
@@ -498,6 +502,15 @@ function check(rows, res) {
     fail(`video not back on the top layer (${preTop} px) within ${c.upWithinS} s after the cap`, { widths: [...new Set(after.map((r) => r.vW))], serverTop: topServer ? rel(topServer.t) - c.restoreS : null });
   }
   if (!topServer) fail(`the server never reported layer ${preLayer} (its choice before the cap) after the cap`);
+  // 5. Layer shaping: the server raised a teacher layer over its own maxBitrate on the 2 Mbit/s
+  // link (publish_layers.max_kbps), and the teacher's encoder followed.
+  const shaped = messages.teacher.filter((m) => m.type === 'publish_layers' && Object.keys(m.max_kbps || {}).length);
+  if (!shaped.length) fail('the server never raised a teacher layer (publish_layers.max_kbps)');
+  const raised = [...new Set(shaped.flatMap((m) => Object.keys(m.max_kbps)))];
+  const peaks = raised.map((rid) => ({ rid, peakKbps: Math.max(0, ...res.timeline.map((s) => (s.pub || {})[rid] || 0)), ownKbps: (teacherOwnBps[rid] || 0) / 1000 }));
+  const followed = peaks.filter((p) => p.ownKbps > 0 && p.peakKbps > 1.3 * p.ownKbps);
+  if (!followed.length) fail('no raised teacher layer sent over 1.3 × its own maxBitrate', peaks);
+  log(`OK layer shaping: ${followed.map((p) => `${p.rid} up to ${p.peakKbps} kbit/s (own ${p.ownKbps})`).join(', ')}`);
   log(`OK after the cap: back to ${topRecv.vW} px ${(rel(topRecv.t) - c.restoreS).toFixed(2)} s after the link recovered (server: layer ${preLayer} after ${(rel(topServer.t) - c.restoreS).toFixed(2)} s)`);
 }
 
