@@ -104,7 +104,7 @@ pub struct Tuning {
     /// A camera's higher simulcast layer is not offered while it runs at under this share of
     /// its lowest layer's frame rate (`LayerRates::choppy`): its encoder is starving it. 0.6:
     /// the teacher's 1280 px layer of a detailed picture at 1 Mbit/s runs at 10 of 30 fps, and
-    /// freezes (gaps over 200 ms) a quarter of the time on a clean 2 Mbit/s link, where 640 px
+    /// froze (gaps over 200 ms) a quarter of the time on 2 Mbit/s links in the bench, where 640 px
     /// plays at 30 fps; a layer at 20 of 30 fps still plays. Screen shares are exempt: their
     /// text needs the pixels more than the frames. 0 turns the rule off.
     pub choppy_ratio: f64,

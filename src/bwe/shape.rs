@@ -1,8 +1,8 @@
 //! Layer shaping: the publisher encodes each simulcast layer of a camera at what the subscribers
 //! on that layer can take, not only at the client's fixed ladder (dynacast with bitrates).
 //!
-//! A village link of 1 Mbit/s takes the 640 px layer, which the teacher's page encodes at
-//! 500 kbit/s; the rest of the link carried padding. A layer whose every subscriber has room
+//! A 2 Mbit/s village link takes the 640 px layer, which the teacher's page encodes at
+//! 500 kbit/s: a third of the link carried video (weak-link bench, satellite profile). A layer whose every subscriber has room
 //! left is raised to the least of those rooms, so the picture gets sharper instead. Per
 //! publisher track: `room` from each subscriber's allocation in, a `max_kbps` per layer out.
 //!
@@ -27,9 +27,9 @@ use super::MAX_LAYERS;
 /// noise in the estimate.
 const RAISE_FROM: f64 = 1.15;
 /// Share of the room a layer is raised to.
-pub const FILL: f64 = 0.9;
+const FILL: f64 = 0.9;
 /// Highest raise over the natural rate: 3 × 500 kbit/s for 640 px is generous for any camera.
-pub const MAX_FACTOR: f64 = 3.0;
+const MAX_FACTOR: f64 = 3.0;
 /// Largest raise per second.
 const STEP_UP: f64 = 1.3;
 /// Least time between raises.
@@ -96,6 +96,7 @@ impl LayerShaper {
     }
 
     /// The rate asked of `layer`, if shaped.
+    #[cfg(test)]
     pub fn target(&self, layer: u8) -> Option<u64> {
         self.layers.get(layer as usize)?.target
     }

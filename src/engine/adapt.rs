@@ -84,8 +84,9 @@ impl Engine {
 
         // Pass 1, read-only: what each received track costs and may take.
         let mut demands = Vec::with_capacity(peer.subscribed.len());
-        let mut shapeables = Vec::with_capacity(peer.subscribed.len());
-        let mut ceilings = Vec::with_capacity(peer.subscribed.len());
+        // Per track: the ceiling of each layer where layer shaping may raise it (the teacher's
+        // camera), else `None`.
+        let mut shaping = Vec::with_capacity(peer.subscribed.len());
         let mut red_depth = 1;
         let fec_on = self.tuning.video_fec && peer.fec_link.is_on();
         // Loss as the repair costs see it: up at once, down over seconds. A village link's
@@ -121,18 +122,15 @@ impl Engine {
                 _ => Priority::Classroom,
             };
             let mut layers = published.rates.bitrates(now);
-            let shapeable = sub.kind == MediaKind::Video
-                && sub.from_teacher
-                && sub.source != SourceKind::Screen
-                && published.layers.len() > 1;
-            ceilings.push(std::array::from_fn::<_, MAX_LAYERS, _>(|l| {
-                published.shaper.ceiling(l as u8)
-            }));
-            if sub.kind == MediaKind::Video && sub.source != SourceKind::Screen {
+            let camera = sub.kind == MediaKind::Video && sub.source != SourceKind::Screen;
+            if camera {
                 let ratio = self.tuning.choppy_ratio;
                 layers.retain(|l| !published.rates.choppy(now, l.layer, ratio));
             }
-            shapeables.push(shapeable);
+            let shapeable = camera && sub.from_teacher && published.layers.len() > 1;
+            shaping.push(shapeable.then(|| {
+                std::array::from_fn::<_, MAX_LAYERS, _>(|l| published.shaper.ceiling(l as u8))
+            }));
             if sub.kind == MediaKind::Audio && layers.is_empty() {
                 layers.push(LayerBitrate::plain(0, AUDIO_DEFAULT_BPS));
             }
@@ -196,10 +194,13 @@ impl Engine {
         peer.fec_mode = fec_mode;
         peer.fec_rate = fec_rate;
         let overflowing = allocation.is_some() && peer.overflow.cap_bps().is_some();
+        let favoured = allocation
+            .as_ref()
+            .and_then(|a| favoured(&demands, &shaping, a));
         let rooms = shaping_rooms(
             &demands,
-            &shapeables,
             allocation.as_ref(),
+            favoured,
             (estimate as f64 * self.tuning.headroom) as u64,
         );
         for (i, demand) in demands.iter().enumerate() {
@@ -231,10 +232,10 @@ impl Engine {
         if let Some(a) = allocation {
             // Probe for what raising the shaped layer up to its ceiling would take, so that the
             // estimate can grow into it.
-            let shaping_probe = favoured(&demands, &shapeables, &a)
+            let shaping_probe = favoured
                 .and_then(|i| {
                     let layer = a.tracks[i].choice?.layer;
-                    let ceiling = ceilings[i][layer as usize]?;
+                    let ceiling = shaping[i]?[layer as usize]?;
                     let taken = demands[i].layers.iter().find(|l| l.layer == layer)?.bps;
                     Some(ceiling.saturating_sub(taken) as f64 * (1.0 + demands[i].redundancy))
                 })
@@ -300,9 +301,8 @@ impl Engine {
             else {
                 continue;
             };
-            let measured: Vec<Option<u64>> = (0..MAX_LAYERS as u8)
-                .map(|l| track.rates.layer(now, l).map(|b| b.bps))
-                .collect();
+            let measured: [Option<u64>; MAX_LAYERS] =
+                std::array::from_fn(|l| track.rates.layer(now, l as u8).map(|b| b.bps));
             if track.shaper.update(now, &measured, &rooms).is_some() {
                 tracing::debug!(%pub_id, %mid, told = ?track.shaper.told(), "layer shaping");
                 let msg = publish_layers(track);
@@ -533,13 +533,15 @@ fn publish_layers(track: &Published) -> ServerMessage {
 
 /// The track the allocation's spare budget goes to: the highest-priority shapeable one taken
 /// at full frame rate.
-fn favoured(
+fn favoured<T>(
     demands: &[TrackDemand],
-    shapeable: &[bool],
+    shaping: &[Option<T>],
     a: &crate::bwe::Allocation,
 ) -> Option<usize> {
     (0..demands.len())
-        .filter(|&i| shapeable[i] && a.tracks[i].choice.is_some_and(|c| c.full_frame_rate()))
+        .filter(|&i| {
+            shaping[i].is_some() && a.tracks[i].choice.is_some_and(|c| c.full_frame_rate())
+        })
         .min_by_key(|&i| demands[i].priority)
 }
 
@@ -550,15 +552,14 @@ fn favoured(
 /// part-frame-rate subscribers have no room.
 fn shaping_rooms(
     demands: &[TrackDemand],
-    shapeable: &[bool],
     allocation: Option<&crate::bwe::Allocation>,
+    favoured: Option<usize>,
     budget_bps: u64,
 ) -> Vec<Option<(u8, Option<u64>)>> {
     let Some(a) = allocation else {
         return demands.iter().map(|d| Some((d.max_layer, None))).collect();
     };
     let spare = budget_bps.saturating_sub(a.allocated_bps);
-    let favoured = favoured(demands, shapeable, a);
     (0..demands.len())
         .map(|i| {
             let choice = a.tracks[i].choice?;
@@ -618,11 +619,11 @@ mod tests {
             video(1, Priority::TeacherCamera, 400_000),
             video(2, Priority::Screen, 200_000),
         ];
-        let shapeable = [true, true, false];
+        let shaping = [Some(()), Some(()), None];
         let estimate = 2_000_000;
         let budget = (estimate as f64 * tuning.headroom) as u64;
         let a = allocate(estimate, &demands, &tuning);
-        let rooms = shaping_rooms(&demands, &shapeable, Some(&a), budget);
+        let rooms = shaping_rooms(&demands, Some(&a), favoured(&demands, &shaping, &a), budget);
         let spare = budget - a.allocated_bps;
         assert!(spare > 500_000, "{a:?}");
         // Teacher camera: its own video plus the spare, net of its repair share.
@@ -640,12 +641,13 @@ mod tests {
         }
         // Unadapted: the top layer allowed, no room.
         assert_eq!(
-            shaping_rooms(&demands, &shapeable, None, budget),
+            shaping_rooms(&demands, None, None, budget),
             vec![Some((0, None)); 3]
         );
         // Paused for lack of budget: on no layer.
         let starved = allocate(100_000, &demands, &tuning);
-        let rooms = shaping_rooms(&demands, &shapeable, Some(&starved), 90_000);
+        let favoured = favoured(&demands, &shaping, &starved);
+        let rooms = shaping_rooms(&demands, Some(&starved), favoured, 90_000);
         assert!(rooms.iter().all(|r| r.is_none()), "{rooms:?}");
     }
 }

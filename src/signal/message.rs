@@ -182,9 +182,10 @@ pub enum ServerMessage {
     Pong,
     /// Dynacast: encode only these simulcast layers of the track at `mid` (rids); layers nobody
     /// receives are paused so a weak uplink carries only what is watched. `max_kbps` (the
-    /// teacher's camera only): layers whose subscribers all have room for more, and the most to encode each at (kbit/s); the
-    /// client keeps its own setting as a floor and caps the raise (the teacher page: 3 × its own
-    /// maxBitrate). A layer missing from it goes back to the client's own setting.
+    /// teacher's camera only): layers whose subscribers all have room for more, and the most to
+    /// encode each at (kbit/s); the client keeps its own setting as a floor and caps the raise
+    /// (the teacher page: 3 × its own maxBitrate). A layer missing from it goes back to the
+    /// client's own setting.
     PublishLayers {
         mid: String,
         active: Vec<String>,

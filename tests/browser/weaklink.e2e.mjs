@@ -86,6 +86,8 @@ function chromeArgs(extra) {
 
 const browsers = [];
 const pageLogs = [];
+/** The teacher's own maxBitrate per rid (bits/s), as set at the start. */
+let teacherOwnBps = {};
 const messages = { teacher: [], classroom: [] };   // server messages of interest, with epoch ms
 
 async function openPage(name, executablePath, extraArgs) {
@@ -454,9 +456,6 @@ async function checkFec(page, res) {
   log(`OK Chromium rebuilt media from FEC: recovered ${h.recoveredPctOfFec} % of FEC packets' worth; FEC was ${h.fecPctOfPackets} % of video packets`);
 }
 
-/** The teacher's own maxBitrate per rid (bits/s), as set at the start. */
-let teacherOwnBps = {};
-
 function check(rows, res) {
   const c = cfg.capChecks;
   const q = messages.classroom.filter((m) => m.type === 'quality');
@@ -502,6 +501,7 @@ function check(rows, res) {
     fail(`video not back on the top layer (${preTop} px) within ${c.upWithinS} s after the cap`, { widths: [...new Set(after.map((r) => r.vW))], serverTop: topServer ? rel(topServer.t) - c.restoreS : null });
   }
   if (!topServer) fail(`the server never reported layer ${preLayer} (its choice before the cap) after the cap`);
+  log(`OK after the cap: back to ${topRecv.vW} px ${(rel(topRecv.t) - c.restoreS).toFixed(2)} s after the link recovered (server: layer ${preLayer} after ${(rel(topServer.t) - c.restoreS).toFixed(2)} s)`);
   // 5. Layer shaping: the server raised a teacher layer over its own maxBitrate on the 2 Mbit/s
   // link (publish_layers.max_kbps), and the teacher's encoder followed.
   const shaped = messages.teacher.filter((m) => m.type === 'publish_layers' && Object.keys(m.max_kbps || {}).length);
@@ -511,7 +511,6 @@ function check(rows, res) {
   const followed = peaks.filter((p) => p.ownKbps > 0 && p.peakKbps > 1.3 * p.ownKbps);
   if (!followed.length) fail('no raised teacher layer sent over 1.3 × its own maxBitrate', peaks);
   log(`OK layer shaping: ${followed.map((p) => `${p.rid} up to ${p.peakKbps} kbit/s (own ${p.ownKbps})`).join(', ')}`);
-  log(`OK after the cap: back to ${topRecv.vW} px ${(rel(topRecv.t) - c.restoreS).toFixed(2)} s after the link recovered (server: layer ${preLayer} after ${(rel(topServer.t) - c.restoreS).toFixed(2)} s)`);
 }
 
 function dumpLogs() {
