@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+use crate::linkem::relay::RelayStats;
 use crate::netns::LinkPair;
 
 /// Width, height and length of the generated camera clip (TESTBED.md: a high-detail source, not
@@ -298,6 +299,8 @@ pub struct Outcome {
     pub output: String,
     pub result: Option<Value>,
     pub server_log: PathBuf,
+    /// The link emulator's counters over the whole run (`None` if it did not report).
+    pub link: Option<RelayStats>,
 }
 
 impl Run<'_> {
@@ -408,13 +411,15 @@ impl Run<'_> {
         };
         let server_log = server.log.clone();
         drop(server);
+        // Before the namespaces go: the relay reports its counters as it stops.
+        let link = pair.stop();
         drop(_reaper);
-        drop(pair);
         Ok(Outcome {
             passed,
             output,
             result,
             server_log,
+            link,
         })
     }
 }

@@ -157,6 +157,7 @@ fn main() -> anyhow::Result<()> {
     );
     let mut rows = Vec::new();
     let mut timelines = Vec::new();
+    let mut links = Vec::new();
     for name in args.profiles.split(',').filter(|s| !s.is_empty()) {
         let p = profile(name.trim(), args.seconds)?;
         for mode in args.modes.split(',').filter(|s| !s.is_empty()) {
@@ -203,6 +204,7 @@ fn main() -> anyhow::Result<()> {
                 continue;
             };
             timelines.push((label.clone(), r["timeline"].clone()));
+            links.push((label.clone(), out.link));
             rows.push((label, p.what, Some(r)));
         }
     }
@@ -287,6 +289,26 @@ fn main() -> anyhow::Result<()> {
         }
         for e in r["events"].as_array().into_iter().flatten() {
             println!("  event {e}");
+        }
+    }
+    println!();
+    println!("Link toward the classroom, whole run (the emulator's counters): packets in, dropped at the full queue, lost at random, delivered; deepest queue");
+    for (label, link) in &links {
+        match link {
+            Some(l) => {
+                let d = &l.down;
+                println!(
+                    "  {label:<20} {:>7} in, {:>5} queue drops ({:.2} %), {:>5} random losses ({:.2} %), {:>7} delivered; queue up to {} bytes",
+                    d.packets_in,
+                    d.queue_drops,
+                    100.0 * d.queue_drops as f64 / d.packets_in.max(1) as f64,
+                    d.lost,
+                    100.0 * d.lost as f64 / d.packets_in.max(1) as f64,
+                    d.delivered,
+                    d.max_queue_bytes
+                );
+            }
+            None => println!("  {label:<20} (the emulator did not report)"),
         }
     }
     if args.timeline {
