@@ -127,8 +127,16 @@ impl Engine {
                     .get_mut(&id)
                     .and_then(|c| c.peer.as_mut())
                     .ok_or_else(|| refuse(ErrorCode::BadSdp, "no offer was sent to you"))?;
-                peer.accept_answer(&sdp)
-                    .map_err(|e| refuse(ErrorCode::BadSdp, e.to_string()))?;
+                match super::contained(id, || peer.accept_answer(&sdp)) {
+                    Some(result) => result.map_err(|e| refuse(ErrorCode::BadSdp, e.to_string()))?,
+                    None => {
+                        self.crash(id);
+                        return Err(refuse(
+                            ErrorCode::BadSdp,
+                            "the media engine failed on this SDP",
+                        ));
+                    }
+                }
                 self.mark_dirty(id);
                 self.offer_if_needed(id);
                 Ok(())
@@ -585,14 +593,27 @@ impl Engine {
         });
         let sources: Vec<(String, SourceKind)> =
             sources.into_iter().map(|s| (s.mid, s.source)).collect();
-        let answer = peer.accept_offer(sdp, sources);
-        let answer = match answer {
-            Ok(a) => a,
-            Err(e) => {
+        // The client's SDP goes into str0m's parser and negotiation: a panic there is contained
+        // to this client's media, like one on its packets.
+        let answer = match super::contained(id, || peer.accept_offer(sdp, sources)) {
+            Some(Ok(a)) => a,
+            Some(Err(e)) => {
                 if is_new {
                     conn.peer = None;
                 }
                 return Err(refuse(ErrorCode::BadSdp, e.to_string()));
+            }
+            None => {
+                // Nothing may touch that `Rtc` again; a client that had media is told it was
+                // lost (`crash`), and reconnects.
+                conn.peer = None;
+                if !is_new {
+                    self.crashed.push(id);
+                }
+                return Err(refuse(
+                    ErrorCode::BadSdp,
+                    "the media engine failed on this SDP",
+                ));
             }
         };
         if is_new {

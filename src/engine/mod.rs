@@ -390,7 +390,7 @@ impl Engine {
     }
 
     /// Takes a peer whose `Rtc` panicked out at once: nothing may touch its state again.
-    fn crash(&mut self, id: ConnId) {
+    pub(crate) fn crash(&mut self, id: ConnId) {
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.peer = None;
         }
@@ -678,7 +678,7 @@ pub(crate) fn host_candidates(udp: &[SocketAddr], tcp: &[SocketAddr]) -> Vec<Can
 /// Runs a call into one peer's `Rtc`, containing a panic inside str0m to that peer (`None`):
 /// one event loop serves every lesson on the node, and a panic there took them all down (a
 /// TWCC bookkeeping bug in str0m, since fixed). The caller drops the peer; its client reconnects.
-fn contained<T>(id: ConnId, call: impl FnOnce() -> T) -> Option<T> {
+pub(crate) fn contained<T>(id: ConnId, call: impl FnOnce() -> T) -> Option<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
         Ok(value) => Some(value),
         Err(panic) => {
