@@ -319,9 +319,11 @@ async fn garbage_on_the_media_port_changes_nothing() {
 }
 
 /// Audio cannot wait a village round trip for a retransmission: the server sends it
-/// RED-wrapped (RFC 2198) to every subscriber that negotiated RED, so a lost packet can be
-/// rebuilt from the next one. Checks RED on the wire (payload type) for RED-capable subscribers,
-/// plain Opus for one without, and that RED-wrapped audio decodes and flows under 8 % loss.
+/// RED-wrapped (RFC 2198) to a subscriber that negotiated RED and whose link loses packets, so a
+/// lost packet can be rebuilt from the next one; where nothing is lost, redundancy would only
+/// double what audio costs. Checks the payload types on the wire: RED to the RED-capable client
+/// under 8 % loss, (almost) none to the one on a clean loopback link, none to a client without
+/// RED; and that RED-wrapped audio decodes and flows under that loss.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audio_goes_out_red_wrapped_where_negotiated() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -377,14 +379,16 @@ async fn audio_goes_out_red_wrapped_where_negotiated() {
     let red_packets = |c: &TestClient| c.state.lock().unwrap().red_packets;
     let types = |c: &TestClient| c.state.lock().unwrap().rx_payload_types.clone();
     assert!(
-        red_packets(&reference) > 50,
-        "no RED on the wire: {:?}",
-        types(&reference)
-    );
-    assert!(
         red_packets(&lossy) > 50,
-        "no RED on the wire: {:?}",
+        "no RED on the wire to the lossy client: {:?}",
         types(&lossy)
+    );
+    // Loopback loses nothing (a busy host may drop a packet now and then: a few seconds of RED).
+    let reference_audio = audio_frames(&reference) as u64;
+    assert!(
+        red_packets(&reference) * 10 < reference_audio,
+        "RED to a client that loses nothing: {} of {reference_audio} audio packets",
+        red_packets(&reference)
     );
     assert_eq!(
         red_packets(&plain),

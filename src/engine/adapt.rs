@@ -87,7 +87,7 @@ impl Engine {
         // Per track: the ceiling of each layer where layer shaping may raise it (the teacher's
         // camera), else `None`.
         let mut shaping = Vec::with_capacity(peer.subscribed.len());
-        let mut red_depth = 1;
+        let mut red_depth = 0;
         let fec_on = self.tuning.video_fec && peer.fec_link.is_on();
         // Loss as the repair costs see it: up at once, down over seconds. A village link's
         // bursts come back; costs that followed each second's loss (0–30 % on the bursty
@@ -136,9 +136,9 @@ impl Engine {
             }
             let thumbnail = is_teacher && !is_called_on;
             let redundancy = match sub.kind {
-                // Audio goes out RED-wrapped wherever the client negotiated RED, one to three
-                // levels deep (`media::red::depth`), each level one more payload; counted for
-                // every client to stay on the safe side.
+                // Audio goes out RED-wrapped where the client negotiated RED and the link loses
+                // packets, one to three levels deep (`media::red::depth`), each level one more
+                // payload; counted for every client to stay on the safe side.
                 MediaKind::Audio => {
                     let audio_bps = layers.first().map_or(AUDIO_DEFAULT_BPS, |l| l.bps);
                     let depth = red::depth(

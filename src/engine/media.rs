@@ -364,8 +364,8 @@ impl Engine {
                     let Some(out_seq) = sub.seq.forward(in_seq) else {
                         continue;
                     };
-                    let red = pts.red.and_then(|red_pt| {
-                        let depth = (*red_depth).clamp(1, red::MAX_DISTANCE);
+                    let red = pts.red.filter(|_| *red_depth > 0).and_then(|red_pt| {
+                        let depth = (*red_depth).min(red::MAX_DISTANCE);
                         let built = &mut red_built[depth - 1];
                         if built.as_ref().is_none_or(|(pt, _)| *pt != pts.media) {
                             let payload =

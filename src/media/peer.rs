@@ -164,7 +164,7 @@ pub struct Peer {
     /// Latest loss fraction (0..1) and RTT towards this peer, from str0m's peer stats.
     pub loss: Option<f32>,
     pub rtt: Option<std::time::Duration>,
-    /// Redundant audio blocks per packet towards this peer (`media::red::depth`).
+    /// Redundant audio blocks per packet towards this peer (`media::red::depth`; 0: plain).
     pub red_depth: usize,
     /// Whether this peer's video goes out in RED, ready for FEC (its loss calls for FEC).
     pub fec_mode: bool,
@@ -202,7 +202,7 @@ impl Peer {
             loss_tolerant: false,
             loss: None,
             rtt: None,
-            red_depth: 1,
+            red_depth: 0,
             fec_mode: false,
             fec_rate: 0.0,
             fec_link: FecLink::default(),

@@ -21,13 +21,23 @@ pub const DISTANCES: [usize; MAX_DISTANCE] = [1, 2, 3];
 /// also keeps an audio packet within the path MTU of a village link.
 pub const MAX_RED_BYTES: usize = 1200;
 
-/// How many redundant blocks a subscriber's audio carries. By loss: one level below 2 %, two
-/// below 8 %, three above (bursty village loss takes out two or three packets in a row; a
-/// Gilbert-Elliott bad state lasts about three). But only one level while the link is
-/// congested (overflowing: redundancy would add to the loss it repairs), and never so deep that
-/// audio takes more than a quarter of the estimate (each level costs one more payload).
+/// Below this loss audio goes out plain: a lost 20 ms packet now and then is concealed unheard,
+/// and one redundant block doubles what audio costs, 40 kbit/s of a 300 kbit/s village link
+/// that the lowest video layer needs at full frame rate.
+const MIN_LOSS: f32 = 0.005;
+
+/// How many redundant blocks a subscriber's audio carries (0: plain Opus). By loss: none below
+/// 0.5 %, one below 2 %, two below 8 %, three above (bursty village loss takes out two or three
+/// packets in a row; a Gilbert-Elliott bad state lasts about three). But one level while the
+/// link is congested (overflowing: the collapse's own loss, where more would add to it), and
+/// never deeper than one where audio would take more than a quarter of the estimate (each
+/// level costs one more payload).
 pub fn depth(loss: f32, congested: bool, estimate_bps: u64, audio_bps: u64) -> usize {
-    let by_loss = if congested || loss < 0.02 {
+    let by_loss = if congested {
+        1
+    } else if loss < MIN_LOSS {
+        0
+    } else if loss < 0.02 {
         1
     } else if loss < 0.08 {
         2
@@ -35,7 +45,7 @@ pub fn depth(loss: f32, congested: bool, estimate_bps: u64, audio_bps: u64) -> u
         3
     };
     let affordable = (estimate_bps / 4 / audio_bps.max(1)).saturating_sub(1) as usize;
-    by_loss.min(affordable).max(1)
+    by_loss.min(affordable.max(1))
 }
 
 /// The primary (newest) block of a packet: the payload itself, or the last block of a RED
@@ -166,7 +176,14 @@ mod tests {
     #[test]
     fn deeper_redundancy_for_lossier_links_unless_congested_or_too_dear() {
         let mbit = 1_000_000;
-        assert_eq!(depth(0.0, false, mbit, 32_000), 1);
+        assert_eq!(
+            depth(0.0, false, mbit, 32_000),
+            0,
+            "a clean link: plain Opus"
+        );
+        assert_eq!(depth(0.004, false, mbit, 32_000), 0);
+        assert_eq!(depth(0.01, false, mbit, 32_000), 1);
+        assert_eq!(depth(0.0, true, mbit, 32_000), 1, "a collapse's own loss");
         assert_eq!(depth(0.05, false, mbit, 32_000), 2);
         assert_eq!(depth(0.15, false, mbit, 32_000), 3);
         assert_eq!(
@@ -180,7 +197,11 @@ mod tests {
             "75 kbit/s buys two payloads"
         );
         assert_eq!(depth(0.15, false, 400_000, 32_000), 2);
-        assert_eq!(depth(0.15, false, 50_000, 32_000), 1, "one level always");
+        assert_eq!(
+            depth(0.15, false, 50_000, 32_000),
+            1,
+            "one level on a lossy link always"
+        );
     }
 
     #[test]
