@@ -406,7 +406,7 @@ async fn audio_goes_out_red_wrapped_where_negotiated() {
 /// over 1023 bytes at all). Wrapped in RED with the frame before, that is more than a datagram
 /// holds, and str0m panicked copying it, taking the whole server down. The server must keep RED
 /// within a packet (dropping the redundancy that does not fit) and go on forwarding audio to a
-/// RED subscriber, and video to everyone.
+/// RED subscriber (on a link losing 5 %, where it gets RED), and video to everyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_opus_frames_are_forwarded_without_harm() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -428,20 +428,22 @@ async fn large_opus_frames_are_forwarded_without_harm() {
     };
     let classroom =
         TestClient::connect_with(srv.http_addr, common::join_by_code(&srv, 0), &[], with_red).await;
+    // A link that loses packets, so that the server wraps the audio in RED.
+    classroom.set_incoming_loss(0.05);
     let teacher_frames = |kind: MediaKind| classroom.frames_from_teacher(kind);
+    let red_packets = || classroom.state.lock().unwrap().red_packets;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while teacher_frames(MediaKind::Audio) < 100 || teacher_frames(MediaKind::Video) < 30 {
+    while teacher_frames(MediaKind::Audio) < 100
+        || teacher_frames(MediaKind::Video) < 30
+        || red_packets() <= 50
+    {
         assert!(
             std::time::Instant::now() < deadline,
-            "audio {} and video {} frames from the teacher",
+            "audio {} and video {} frames from the teacher, {} of the packets in RED",
             teacher_frames(MediaKind::Audio),
-            teacher_frames(MediaKind::Video)
+            teacher_frames(MediaKind::Video),
+            red_packets()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let red_packets = classroom.state.lock().unwrap().red_packets;
-    assert!(
-        red_packets > 50,
-        "audio went out plain: {red_packets} RED packets"
-    );
 }
