@@ -51,7 +51,7 @@ pub enum Room {
     Unwatched,
     /// Everybody on it could take up to this many bits per second of it.
     Upto(u64),
-    /// Somebody on it cannot take more (unadaptive, pinned, or at part of its frame rate).
+    /// Somebody on it cannot take more (unadaptive or pinned).
     None,
 }
 
@@ -139,8 +139,16 @@ impl LayerShaper {
             let Some(natural) = layer.natural.filter(|n| *n > 0 && learned) else {
                 continue;
             };
+            // A raise starts only above RAISE_FROM × natural but holds down to the natural
+            // rate: a room near the threshold (the 320 px layer on a 300 kbit/s link) turned
+            // shaping on and off every second, and each change reconfigures the encoder.
+            let least = if layer.target.is_some() {
+                1.0
+            } else {
+                RAISE_FROM
+            };
             let wanted = match room {
-                Room::Upto(room) if room as f64 * FILL >= natural as f64 * RAISE_FROM => {
+                Room::Upto(room) if room as f64 * FILL >= natural as f64 * least => {
                     Some(((room as f64 * FILL) as u64).min((natural as f64 * MAX_FACTOR) as u64))
                 }
                 // A layer nobody takes keeps its target until someone does, or it stops.
@@ -162,7 +170,7 @@ impl LayerShaper {
                 }
             };
             // A target that falls back to the natural rate is no target.
-            let next = next.filter(|t| *t as f64 >= natural as f64 * RAISE_FROM);
+            let next = next.filter(|t| *t as f64 >= natural as f64 * least);
             if next.is_none() && layer.target.is_some() {
                 layer.unshaped_since = Some(now);
             }
@@ -218,6 +226,25 @@ mod tests {
             }
         }
         sent
+    }
+
+    #[test]
+    fn a_raised_layer_holds_down_to_its_natural_rate() {
+        let start = Instant::now();
+        let mut shaper = LayerShaper::default();
+        let raised = run(&mut shaper, start, 0, 10, Room::Upto(1_000_000));
+        // 500k → 650k → 845k → 900k (0.9 × the room; too small a change to report).
+        assert_eq!(
+            raised.last(),
+            Some(&(Duration::from_secs(8), Some(845_000)))
+        );
+        // The room shrinks to just over the natural rate: cut to what fits, still raised (a
+        // raise would not start there).
+        let held = run(&mut shaper, start, 10, 5, Room::Upto(600_000));
+        assert_eq!(held, vec![(Duration::from_secs(10), Some(540_000))]);
+        // Under it: back to the publisher's own rate.
+        let off = run(&mut shaper, start, 15, 2, Room::Upto(500_000));
+        assert_eq!(off, vec![(Duration::from_secs(15), None)]);
     }
 
     #[test]

@@ -531,25 +531,21 @@ fn publish_layers(track: &Published) -> ServerMessage {
     }
 }
 
-/// The track the allocation's spare budget goes to: the highest-priority shapeable one taken
-/// at full frame rate.
+/// The track the allocation's spare budget goes to: the highest-priority shapeable one taken.
 fn favoured<T>(
     demands: &[TrackDemand],
     shaping: &[Option<T>],
     a: &crate::bwe::Allocation,
 ) -> Option<usize> {
     (0..demands.len())
-        .filter(|&i| {
-            shaping[i].is_some() && a.tracks[i].choice.is_some_and(|c| c.full_frame_rate())
-        })
+        .filter(|&i| shaping[i].is_some() && a.tracks[i].choice.is_some())
         .min_by_key(|&i| demands[i].priority)
 }
 
-/// Per received track, the layer this subscriber takes at full frame rate and the video
-/// bitrate it has room for on it (`VideoOut::room`). What the allocation left of the budget
-/// goes to one track only, the highest-priority camera, so two tracks never count on the same
-/// spare bits; every other track has room for what it takes. Unadapted (baseline, pinned) and
-/// part-frame-rate subscribers have no room.
+/// Per received track, the layer this subscriber takes and the video bitrate it has room for
+/// on it (`VideoOut::room`). What the allocation left of the budget goes to one track only, the
+/// highest-priority camera, so two tracks never count on the same spare bits; every other track
+/// has room for what it takes. Unadapted (baseline, pinned) subscribers have no room.
 fn shaping_rooms(
     demands: &[TrackDemand],
     allocation: Option<&crate::bwe::Allocation>,
@@ -562,10 +558,9 @@ fn shaping_rooms(
     let spare = budget_bps.saturating_sub(a.allocated_bps);
     (0..demands.len())
         .map(|i| {
+            // At part of its frame rate the layer does not fit whole: its room, under what it
+            // measures, cuts a raised layer to what fits rather than back to its own rate.
             let choice = a.tracks[i].choice?;
-            if !choice.full_frame_rate() {
-                return Some((choice.layer, None));
-            }
             let extra = if Some(i) == favoured { spare } else { 0 };
             let video = (a.tracks[i].bps + extra) as f64 / (1.0 + demands[i].redundancy);
             Some((choice.layer, Some(video as u64)))
