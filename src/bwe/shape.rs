@@ -14,7 +14,9 @@
 //!   counts every layer at its measured rate) stays inside the budget through keyframes and
 //!   encoder overshoot;
 //! - a raise is at most [`STEP_UP`] × the current target per second, so the estimate and the
-//!   measured rates follow it; a cut comes at once.
+//!   measured rates follow it; a cut comes at once;
+//! - a raise starts only at [`RAISE_FROM`] × the natural rate, but a raised layer is cut no
+//!   lower than the natural rate before it is left to the publisher again (hysteresis).
 //!
 //! The client floors what it is told at its own setting, which the server does not know; so
 //! the server never counts a layer at less than it measures.

@@ -91,9 +91,9 @@ pub struct VideoOut {
     pub fec: FecPlanner,
     /// Whether the stream is in ULPFEC mode (media in RED).
     pub fec_on: bool,
-    /// The layer the last allocation gave at full frame rate and the video bitrate this
-    /// subscriber has room for on it (`None`: no more than the layer's own rate); `None` when
-    /// paused. Read by layer shaping.
+    /// The layer the last allocation gave and the video bitrate this subscriber has room for on
+    /// it (`None`: unadapted, no more than the layer's own rate); `None` when paused. Read by
+    /// layer shaping.
     pub room: Option<(u8, Option<u64>)>,
 }
 
