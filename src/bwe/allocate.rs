@@ -120,6 +120,8 @@ pub struct TrackAllocation {
 pub struct Allocation {
     /// One entry per input track, in input order.
     pub tracks: Vec<TrackAllocation>,
+    /// What was handed out: the estimate × `Tuning::headroom`.
+    pub budget_bps: u64,
     /// Sum of the tracks' bitrates; above the budget only when audio alone exceeds it.
     pub allocated_bps: u64,
     /// Estimate at which every track would get its top layer: str0m's desired bitrate for probing.
@@ -175,7 +177,14 @@ pub fn allocate(available_bps: u64, tracks: &[TrackDemand], tuning: &Tuning) -> 
             break;
         }
     }
-    commit(tracks, &ladders, used, first_blocked_cost, tuning.headroom)
+    commit(
+        tracks,
+        &ladders,
+        budget,
+        used,
+        first_blocked_cost,
+        tuning.headroom,
+    )
 }
 
 /// One step of a ladder: a layer choice and its total cost for the track, redundancy included.
@@ -310,6 +319,7 @@ fn full(layer: u8) -> LayerChoice {
 fn commit(
     tracks: &[TrackDemand],
     ladders: &[Ladder],
+    budget: u64,
     used: u64,
     first_blocked_cost: Option<u64>,
     headroom: f64,
@@ -335,6 +345,7 @@ fn commit(
     let estimate_for = |bps: u64| (bps as f64 / headroom).ceil() as u64;
     Allocation {
         tracks: out,
+        budget_bps: budget,
         allocated_bps: used,
         desired_bps: estimate_for(at_max),
         next_step_bps: first_blocked_cost.map(|cost| estimate_for(used + cost)),

@@ -68,13 +68,11 @@ impl LayerRates {
     /// Count a frame (or a packet) of `bytes` on `layer`. Call once per frame with its total size for
     /// exact rates; per packet is within a few percent.
     pub fn on_media(&mut self, now: Instant, layer: u8, temporal: Option<u8>, bytes: usize) {
+        let at_us = self.micros(now);
+        let slot = at_us / self.bucket_us;
         let Some(meter) = self.layers.get_mut(layer as usize) else {
             return;
         };
-        let at_us = now
-            .saturating_duration_since(*self.epoch.get_or_insert(now))
-            .as_micros() as u64;
-        let slot = at_us / self.bucket_us;
         meter.all.add(slot, at_us, bytes as u64);
         let temporal = temporal.unwrap_or(0);
         if temporal == 0 {
@@ -88,20 +86,28 @@ impl LayerRates {
 
     /// Count the end of a frame on `layer` (the packet with the RTP marker bit).
     pub fn on_frame_end(&mut self, now: Instant, layer: u8) {
-        let Some(meter) = self.layers.get_mut(layer as usize) else {
-            return;
-        };
-        let at_us = now
-            .saturating_duration_since(*self.epoch.get_or_insert(now))
-            .as_micros() as u64;
-        meter.frames.add(at_us / self.bucket_us, at_us, 0);
+        let at_us = self.micros(now);
+        let slot = at_us / self.bucket_us;
+        if let Some(meter) = self.layers.get_mut(layer as usize) {
+            meter.frames.add(slot, at_us, 0);
+        }
+    }
+
+    /// Microseconds from the first count to `now` (the first count sets the epoch).
+    fn micros(&mut self, now: Instant) -> u64 {
+        now.saturating_duration_since(*self.epoch.get_or_insert(now))
+            .as_micros() as u64
+    }
+
+    /// The bucket `now` falls in, once anything was counted.
+    fn slot(&self, now: Instant) -> Option<u64> {
+        Some(now.saturating_duration_since(self.epoch?).as_micros() as u64 / self.bucket_us)
     }
 
     /// Frames per second `layer` sent over the window, or `None` when it ended no frame in it.
     pub fn frame_rate(&self, now: Instant, layer: u8) -> Option<f64> {
         let meter = self.layers.get(layer as usize)?;
-        let epoch = self.epoch?;
-        let now_slot = now.saturating_duration_since(epoch).as_micros() as u64 / self.bucket_us;
+        let now_slot = self.slot(now)?;
         meter
             .frames
             .window(now_slot)
@@ -129,8 +135,7 @@ impl LayerRates {
         if now.saturating_duration_since(last_seen) > self.stale_after {
             return None;
         }
-        let epoch = self.epoch?; // set together with last_seen
-        let now_slot = now.saturating_duration_since(epoch).as_micros() as u64 / self.bucket_us;
+        let now_slot = self.slot(now)?; // the epoch is set together with last_seen
         let all = meter.all.window(now_slot);
         let tl0 = meter.tl0.window(now_slot);
         // A layer still counts between the frames of a slow screen share, at what it last measured

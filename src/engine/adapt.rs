@@ -197,12 +197,7 @@ impl Engine {
         let favoured = allocation
             .as_ref()
             .and_then(|a| favoured(&demands, &shaping, a));
-        let rooms = shaping_rooms(
-            &demands,
-            allocation.as_ref(),
-            favoured,
-            (estimate as f64 * self.tuning.headroom) as u64,
-        );
+        let rooms = shaping_rooms(&demands, allocation.as_ref(), favoured);
         for (i, demand) in demands.iter().enumerate() {
             let Some(video) = peer
                 .subscribed
@@ -264,10 +259,18 @@ impl Engine {
     fn shape_layers(&mut self, now: Instant) {
         let mut updates = Vec::new();
         for (pub_id, conn) in &self.conns {
-            if conn.joined.as_ref().map(|j| j.role) != Some(Role::Teacher) {
+            let Some(joined) = conn.joined.as_ref().filter(|j| j.role == Role::Teacher) else {
                 continue;
-            }
+            };
             let Some(peer) = conn.peer.as_ref() else {
+                continue;
+            };
+            // Its subscribers are in its lesson: no need to look through every lesson's.
+            let Some(lesson) = joined
+                .lesson_id
+                .as_deref()
+                .and_then(|l| self.registry.get(l))
+            else {
                 continue;
             };
             for track in peer.published.iter() {
@@ -278,10 +281,9 @@ impl Engine {
                     continue;
                 }
                 let mut rooms = [Room::Unwatched; MAX_LAYERS];
-                let subscribers = self
-                    .conns
-                    .values()
-                    .filter_map(|c| c.peer.as_ref())
+                let subscribers = lesson
+                    .connections()
+                    .filter_map(|id| self.conns.get(&id)?.peer.as_ref())
                     .flat_map(|p| p.subscribed.iter())
                     .filter(|s| s.key.publisher == *pub_id && s.key.mid == track.mid);
                 for (layer, room) in subscribers.filter_map(|s| s.video.as_ref()?.room) {
@@ -550,12 +552,11 @@ fn shaping_rooms(
     demands: &[TrackDemand],
     allocation: Option<&crate::bwe::Allocation>,
     favoured: Option<usize>,
-    budget_bps: u64,
 ) -> Vec<Option<(u8, Option<u64>)>> {
     let Some(a) = allocation else {
         return demands.iter().map(|d| Some((d.max_layer, None))).collect();
     };
-    let spare = budget_bps.saturating_sub(a.allocated_bps);
+    let spare = a.budget_bps.saturating_sub(a.allocated_bps);
     (0..demands.len())
         .map(|i| {
             // At part of its frame rate the layer does not fit whole: its room, under what it
@@ -616,10 +617,10 @@ mod tests {
         ];
         let shaping = [Some(()), Some(()), None];
         let estimate = 2_000_000;
-        let budget = (estimate as f64 * tuning.headroom) as u64;
         let a = allocate(estimate, &demands, &tuning);
-        let rooms = shaping_rooms(&demands, Some(&a), favoured(&demands, &shaping, &a), budget);
-        let spare = budget - a.allocated_bps;
+        assert_eq!(a.budget_bps, (estimate as f64 * tuning.headroom) as u64);
+        let rooms = shaping_rooms(&demands, Some(&a), favoured(&demands, &shaping, &a));
+        let spare = a.budget_bps - a.allocated_bps;
         assert!(spare > 500_000, "{a:?}");
         // Teacher camera: its own video plus the spare, net of its repair share.
         let teacher = rooms[1].unwrap();
@@ -636,13 +637,13 @@ mod tests {
         }
         // Unadapted: the top layer allowed, no room.
         assert_eq!(
-            shaping_rooms(&demands, None, None, budget),
+            shaping_rooms(&demands, None, None),
             vec![Some((0, None)); 3]
         );
         // Paused for lack of budget: on no layer.
         let starved = allocate(100_000, &demands, &tuning);
         let favoured = favoured(&demands, &shaping, &starved);
-        let rooms = shaping_rooms(&demands, Some(&starved), favoured, 90_000);
+        let rooms = shaping_rooms(&demands, Some(&starved), favoured);
         assert!(rooms.iter().all(|r| r.is_none()), "{rooms:?}");
     }
 }

@@ -606,9 +606,10 @@ impl Engine {
             None => {
                 // Nothing may touch that `Rtc` again; a client that had media is told it was
                 // lost (`crash`), and reconnects.
-                conn.peer = None;
-                if !is_new {
-                    self.crashed.push(id);
+                if is_new {
+                    conn.peer = None;
+                } else {
+                    self.crash(id);
                 }
                 return Err(refuse(
                     ErrorCode::BadSdp,
