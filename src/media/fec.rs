@@ -11,6 +11,15 @@ use str0m::rtp::ULPFEC_MAX_PROTECTED;
 
 /// Below this loss NACK alone repairs in time often enough.
 const MIN_LOSS: f32 = 0.01;
+/// From this round trip a NACK repair comes so late that every unrepaired base-layer loss is
+/// a freeze of about a round trip (400–450 ms each on the satellite profile's 600 ms), so FEC
+/// is worth it at any loss that is seen at all.
+const LONG_RTT_MS: u32 = 250;
+/// Loss from which a long round trip gets FEC. On the satellite profile (0.5 % random loss) the
+/// 1 % threshold turned FEC off and on every few seconds as the loss average wandered around it,
+/// and every freeze of a run came from a base-layer packet lost while it was off: losses while
+/// it was on were rebuilt.
+const LONG_RTT_MIN_LOSS: f32 = 0.002;
 /// Below this round trip a NACK repair lands within the 200 ms a viewer counts as a freeze, and
 /// FEC repaired nothing in the benchmark (village 4G and collapse, 60 ms: Chromium rebuilt 0
 /// packets from FEC that was 11–15 % of the video), so it is not sent.
@@ -21,7 +30,12 @@ const MAX_GROUP: usize = 24;
 /// Whether a link losing `loss` (0–1) of its packets over a base round trip of `rtt_ms` needs
 /// FEC at all.
 fn needs_fec(loss: f32, rtt_ms: f32) -> bool {
-    loss >= MIN_LOSS && rtt_ms >= SHORT_RTT_MS as f32
+    let min_loss = if rtt_ms >= LONG_RTT_MS as f32 {
+        LONG_RTT_MIN_LOSS
+    } else {
+        MIN_LOSS
+    };
+    loss >= min_loss && rtt_ms >= SHORT_RTT_MS as f32
 }
 
 /// FEC packets per media packet for a link that needs FEC and loses `loss` of its packets.
@@ -217,7 +231,12 @@ mod tests {
 
     #[test]
     fn rate_follows_loss_and_round_trip() {
-        assert!(!needs_fec(0.005, 600.0), "NACK alone at low loss");
+        assert!(!needs_fec(0.005, 150.0), "NACK alone at low loss");
+        assert!(
+            needs_fec(0.005, 600.0),
+            "a long round trip protects rare losses"
+        );
+        assert!(!needs_fec(0.001, 600.0));
         assert!(
             !needs_fec(0.02, 60.0),
             "NACK repairs in time on a short round trip"
@@ -279,10 +298,29 @@ mod tests {
         assert!(sat.is_on());
         sat.on_report(Some(0.009), Some(600));
         assert!(sat.is_on());
-        for _ in 0..20 {
+        for _ in 0..40 {
             sat.on_report(Some(0.0), Some(600));
         }
-        assert!(!sat.is_on());
+        assert!(!sat.is_on(), "20 s without loss");
+
+        // 0.5 % random loss over 600 ms: whole seconds without a loss, then two at once. Once on,
+        // FEC stays on (it had flapped around a 1 % threshold, each gap an unprotected window).
+        let mut sat = FecLink::default();
+        for (i, loss) in [0.008, 0.0, 0.0, 0.004, 0.0, 0.012, 0.0, 0.0, 0.0, 0.004]
+            .repeat(4)
+            .into_iter()
+            .enumerate()
+        {
+            sat.on_report(Some(loss), Some(600));
+            assert!(sat.is_on(), "report {i}: loss {}", sat.loss());
+            assert!(sat.wanted(false) > 0.0);
+        }
+        // The same loss over 150 ms: NACK repairs in time, no FEC.
+        let mut regional = FecLink::default();
+        for loss in [0.008, 0.0, 0.0, 0.004, 0.0, 0.012, 0.0, 0.0].repeat(4) {
+            regional.on_report(Some(loss), Some(150));
+            assert!(!regional.is_on(), "loss {}", regional.loss());
+        }
     }
 
     #[test]
