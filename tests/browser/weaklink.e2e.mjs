@@ -232,6 +232,22 @@ function windowFigures(rows, a, b, pausedAt) {
       lastV = r.t; lastVF = r.vF;
     }
   }
+  // Audio as heard, after RED repair: packets lost on the link but rebuilt from the redundancy
+  // of a later packet are played, so the packet counts above understate what a classroom hears.
+  // Chromium counts the samples it had to conceal (no data in time, whatever the cause). A
+  // silence is a run of 50 ms samples: those that concealed at least half their span carry it
+  // on, one that concealed less ends it (its part counted at the end of this run and at the start
+  // of the next, as it may hold either). Two short concealments in one sample count as one, so
+  // it errs long.
+  let silence = 0, longestSilence = 0, longestSilenceAt = null;
+  for (let i = 1; i < w.length; i++) {
+    const dS = w[i].aS - w[i - 1].aS, dC = w[i].aC - w[i - 1].aC;
+    const share = dS > 0 ? Math.min(1, Math.max(0, dC) / dS) : 0;
+    const concealedMs = (w[i].t - w[i - 1].t) * share;
+    silence += concealedMs;
+    if (silence > longestSilence) { longestSilence = silence; longestSilenceAt = rel(w[i].t) - silence / 1000; }
+    if (share < 0.5) silence = concealedMs;
+  }
   const bits = (last.tB - first.tB + 28 * (last.tP - first.tP)) * 8;   // + IP/UDP headers, as the link counts
   return {
     spanS: +span.toFixed(2),
@@ -239,6 +255,8 @@ function windowFigures(rows, a, b, pausedAt) {
     audioPackets: dP, audioLost: dL,
     audioConcealedPct: last.aS > first.aS ? +(100 * (last.aC - first.aC) / (last.aS - first.aS)).toFixed(2) : null,
     longestAudioGapMs: audioGap, longestAudioGapAtS: audioGapAt !== null ? +audioGapAt.toFixed(2) : null,
+    audioHeardPct: last.aS > first.aS ? +(100 - 100 * (last.aC - first.aC) / (last.aS - first.aS)).toFixed(2) : null,
+    longestSilenceMs: Math.round(longestSilence), longestSilenceAtS: longestSilenceAt !== null ? +longestSilenceAt.toFixed(2) : null,
     videoFreezePct: +(100 * freezeMs / (span * 1000)).toFixed(2),
     videoPausedFreezePct: +(100 * pausedMs / (span * 1000)).toFixed(2),
     longestVideoGapMs: longestFreeze,

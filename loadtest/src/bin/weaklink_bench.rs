@@ -1,6 +1,7 @@
 //! Weak-link scenario benchmark in real Chromium (issue 4): four emulated village links, each with
 //! adaptation on and with `tongbu serve --no-adaptation`, in one run. Prints per run: audio packets
-//! delivered, concealment, longest audio gap, video freeze (decoded-frame gaps > 200 ms), time to
+//! delivered and the longest gap between them, audio heard (after RED repair: samples Chromium
+//! did not conceal) and the longest silence, video freeze (decoded-frame gaps > 200 ms), time to
 //! step down after a drop and back to the top layer after recovery, link utilization; then a
 //! per-second timeline of each run (received width/fps/kbps, the server's estimate, loss, RTT and
 //! layer, the teacher's send-side estimate and per-layer send rates).
@@ -211,11 +212,12 @@ fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{:<20} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>11} {:>7} {:>6} {:>6} {:>6} {:>9}",
+        "{:<20} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>11} {:>7} {:>6} {:>6} {:>6} {:>9}",
         "run",
         "audio%",
-        "conceal",
         "aGapMs",
+        "heard%",
+        "silMs",
         "freeze%",
         "vGapMs",
         "fps",
@@ -245,11 +247,12 @@ fn main() -> anyhow::Result<()> {
             .map(|e| f(&e["topS"], ""))
             .unwrap_or_else(|| "n/a".into());
         println!(
-            "{:<20} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>11} {:>7} {:>6} {:>6} {:>6} {:>9}",
+            "{:<20} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>11} {:>7} {:>6} {:>6} {:>6} {:>9}",
             label,
             f(&w["audioDeliveredPct"], ""),
-            f(&w["audioConcealedPct"], ""),
             f(&w["longestAudioGapMs"], ""),
+            f(&w["audioHeardPct"], ""),
+            f(&w["longestSilenceMs"], ""),
             f(&w["videoFreezePct"], ""),
             f(&w["longestVideoGapMs"], ""),
             f(&w["fps"], ""),
@@ -274,12 +277,14 @@ fn main() -> anyhow::Result<()> {
         println!("{label}: {what}");
         for p in r["phases"].as_array().into_iter().flatten() {
             println!(
-                "  {:>5}-{:<5} {:>5} kbit/s: audio {}% gap {} ms, freeze {}% (paused {}%), fps {}, rx {} kbit/s, util {}%",
+                "  {:>5}-{:<5} {:>5} kbit/s: audio {}% gap {} ms (heard {}%, silence {} ms), freeze {}% (paused {}%), fps {}, rx {} kbit/s, util {}%",
                 f(&p["fromS"], ""),
                 f(&p["toS"], "s"),
                 p["bps"].as_f64().unwrap_or(0.0) / 1000.0,
                 f(&p["audioDeliveredPct"], ""),
                 f(&p["longestAudioGapMs"], ""),
+                f(&p["audioHeardPct"], ""),
+                f(&p["longestSilenceMs"], ""),
                 f(&p["videoFreezePct"], ""),
                 f(&p["videoPausedFreezePct"], ""),
                 f(&p["fps"], ""),
