@@ -99,7 +99,7 @@ struct ServeArgs {
     #[arg(long)]
     down_memory_secs: Option<f64>,
     /// Fraction of the estimate handed out (the rest absorbs retransmissions and keyframes).
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.95)]
     headroom: f64,
     /// Oldest queued video (ms) before a subscriber gets temporal layer 0 only; 0: never.
     #[arg(long, default_value_t = 250)]

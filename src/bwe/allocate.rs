@@ -467,7 +467,7 @@ mod tests {
             v.layers[2].tl1_bps = tl1;
             vec![audio(AUDIO, 32_000, 1.0), v]
         };
-        // 800 kbit/s × 0.9 headroom − 64 kbit/s of audio: the top layer's 600 kbit/s TL0+TL1 fits,
+        // 800 kbit/s × 0.95 headroom − 64 kbit/s of audio: the top layer's 600 kbit/s TL0+TL1 fits,
         // its full rate does not.
         let with_tl1 = allocate(800_000, &camera(Some(600_000)), &tuning);
         assert_eq!(
@@ -513,7 +513,7 @@ mod tests {
             1,
         );
         let tracks = vec![audio(AUDIO, 32_000, 1.0), camera];
-        // 100 kbit/s × 0.9 headroom: audio with RED (64 kbit/s) fits, the camera's TL0 does not.
+        // 100 kbit/s × 0.95 headroom: audio with RED (64 kbit/s) fits, the camera's TL0 does not.
         let paused = allocate(100_000, &tracks, &tuning);
         assert_eq!(choice_of(&paused, CAMERA), None);
         assert_eq!(paused.allocated_bps, 64_000);
@@ -806,7 +806,11 @@ mod tests {
                 1,
             ),
         ];
-        let a = allocate(333_334, &tracks, &Tuning::default());
+        let tuning = Tuning {
+            headroom: 0.9,
+            ..Tuning::default()
+        };
+        let a = allocate(333_334, &tracks, &tuning);
         assert_eq!(
             (choice_of(&a, CAMERA), choice_of(&a, CALLED_ON)),
             (Some(full(0)), Some(full(1)))
