@@ -235,7 +235,7 @@ impl FecPlanner {
         // beyond that is not carried over.
         let count = count.min(self.protect.len());
         self.credit = (self.credit - count as f32).clamp(0.0, 1.0);
-        let base = self.protect[0];
+        let base = *self.protect.iter().min().expect("the group is in it");
         for j in 0..count {
             let mask = self
                 .protect
