@@ -43,7 +43,7 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Loopback only, ephemeral ports, demo directory, nothing on disk: for tests.
+    /// Loopback only, ephemeral ports, demo directory, nothing left on disk: for tests.
     pub fn ephemeral() -> ServerConfig {
         ServerConfig {
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -100,6 +100,8 @@ pub struct RunningServer {
     pub data_dir: PathBuf,
     /// The usage service; `shutdown` flushes open sessions.
     pub usage: crate::usage::UsageHandle,
+    /// The data directory when it was made for this server: removed when the server is dropped.
+    _temp_dir: Option<TempDataDir>,
 }
 
 impl RunningServer {
@@ -116,10 +118,29 @@ impl RunningServer {
 }
 
 /// A fresh directory under the system's temporary directory, for servers given none.
-fn temp_data_dir() -> PathBuf {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    std::env::temp_dir().join(format!("tongbu-{}-{n}", std::process::id()))
+/// A data directory made for one server without one (`ServerConfig::ephemeral`), removed with
+/// it. Named by process id and a counter alone, directories of exited processes piled up in
+/// the temp dir, and a later process with a recycled id opened one: its database, seeded with
+/// another directory, overrode the one the test passed in.
+#[derive(Debug)]
+struct TempDataDir(PathBuf);
+
+impl TempDataDir {
+    fn new() -> TempDataDir {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let unique: u64 = rand::random();
+        TempDataDir(
+            std::env::temp_dir().join(format!("tongbu-{}-{n}-{unique:016x}", std::process::id())),
+        )
+    }
+}
+
+impl Drop for TempDataDir {
+    fn drop(&mut self) {
+        // SQLite files still open elsewhere stay readable until closed (unlinked, not gone).
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The token secret: kept in the data directory so links survive a restart.
@@ -143,7 +164,13 @@ fn load_or_create_key(dir: &PathBuf) -> Result<TokenKey, ServerError> {
 }
 
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
-    let data_dir = cfg.data_dir.clone().unwrap_or_else(temp_data_dir);
+    let (data_dir, temp_dir) = match cfg.data_dir.clone() {
+        Some(dir) => (dir, None),
+        None => {
+            let temp = TempDataDir::new();
+            (temp.0.clone(), Some(temp))
+        }
+    };
     let key = load_or_create_key(&data_dir)?;
     let db_path = data_dir.join("usage.db");
     // The database holds the directory after the first start; `cfg.directory` only seeds it.
@@ -199,6 +226,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         directory: directory.clone(),
         data_dir,
         usage,
+        _temp_dir: temp_dir,
     };
     let mut demo_links = None;
     if cfg.demo {
@@ -269,4 +297,21 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         }
     });
     Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ephemeral_server_has_its_own_data_dir_and_removes_it() {
+        let first = start(ServerConfig::ephemeral()).await.expect("starts");
+        let second = start(ServerConfig::ephemeral()).await.expect("starts");
+        let dir = first.data_dir.clone();
+        assert_ne!(dir, second.data_dir);
+        assert!(dir.join("usage.db").is_file(), "{}", dir.display());
+        drop(first);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+        assert!(second.data_dir.join("usage.db").is_file());
+    }
 }
