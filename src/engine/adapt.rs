@@ -486,6 +486,7 @@ fn follow_feedback(
     let queue = feedback.as_ref().and_then(|fb| peer.queue.on_feedback(fb));
     if peer.overflow.on_feedback(now, feedback.as_ref(), queue) {
         tracing::debug!(%id, ?feedback, ?queue, "link overflows: allocation bounded");
+        peer.fec_link.forget_congestion();
     }
     let overflowing = peer.overflow.cap_bps().is_some();
     let tolerant = peer

@@ -70,6 +70,9 @@ fn rate_for_loss(loss: f32) -> f32 {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FecLink {
     loss: f32,
+    /// The loss average before each of the last two reports, oldest first: what it was about a
+    /// second ago, before a report that may have carried the start of a congestion.
+    earlier: [f32; 2],
     rtt_ms: Option<f32>,
     on: bool,
 }
@@ -84,6 +87,7 @@ impl FecLink {
 
     /// A new report: `loss` as a fraction (0–1), `rtt_ms` if known.
     pub fn on_report(&mut self, loss: Option<f32>, rtt_ms: Option<u32>) {
+        self.earlier = [self.earlier[1], self.loss];
         if let Some(loss) = loss {
             let loss = loss.clamp(0.0, 1.0);
             let step = if loss >= self.loss {
@@ -100,6 +104,21 @@ impl FecLink {
                 _ => rtt,
             });
         }
+        self.decide();
+    }
+
+    /// The link was found overflowing: the loss of the last second or so was the queue's, which
+    /// the overflow bound answers, not the link's own. Reports while it overflows are left out
+    /// by the caller, but the one that carried the start of it came before it was found: after
+    /// a collapse to 300 kbit/s that report (15 % loss) kept audio in RED for the next 27 s,
+    /// doubling what audio cost on the collapsed link.
+    pub fn forget_congestion(&mut self) {
+        self.loss = self.loss.min(self.earlier[0]);
+        self.earlier = self.earlier.map(|l| l.min(self.loss));
+        self.decide();
+    }
+
+    fn decide(&mut self) {
         let rtt = self.rtt_ms.unwrap_or(0.0);
         // Once on, the thresholds are lower by the hysteresis share.
         let scale = if self.on { Self::HYSTERESIS } else { 1.0 };
@@ -346,6 +365,28 @@ mod tests {
             regional.on_report(Some(loss), Some(150));
             assert!(!regional.is_on(), "loss {}", regional.loss());
         }
+    }
+
+    #[test]
+    fn the_loss_that_started_a_congestion_is_forgotten() {
+        let mut link = FecLink::default();
+        for _ in 0..4 {
+            link.on_report(Some(0.0), Some(60));
+        }
+        // The link collapses: one report carries the queue's loss before the overflow is found.
+        link.on_report(Some(0.15), Some(120));
+        assert!(link.loss() > 0.05);
+        link.forget_congestion();
+        assert_eq!(link.loss(), 0.0);
+        // Radio loss before it is kept: the average as it was a report or two before.
+        let mut radio = FecLink::default();
+        for _ in 0..6 {
+            radio.on_report(Some(0.03), Some(300));
+        }
+        radio.on_report(Some(0.2), Some(400));
+        radio.forget_congestion();
+        assert!((radio.loss() - 0.03).abs() < 0.002, "{}", radio.loss());
+        assert!(radio.is_on());
     }
 
     #[test]
