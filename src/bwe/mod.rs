@@ -45,7 +45,7 @@ pub struct Tuning {
     /// already sits some 7 % under what the link carries (headers), and RED and FEC are costed
     /// inside the allocation. Side by side on the weak-link bench, 0.9 used 83 % of the satellite
     /// profile's 2 Mbit/s and 0.95 89 %, with collapse and bursty freeze within their run-to-run
-    /// swing (0.85 did not help either).
+    /// swing.
     pub headroom: f64,
     /// Any video layer is costed at least this much, so video pauses rather than ride on a layer whose
     /// measured rate is near zero (a static slide measures a few kbit/s, then one change bursts).

@@ -69,6 +69,10 @@ struct Args {
     /// No human-readable summary on stderr at exit (stats still go to stdout).
     #[arg(long)]
     quiet: bool,
+    /// Print each packet lost at random on stderr (wall-clock ms, direction, size, RTP header);
+    /// also on when the environment has LINKEM_LOG_LOST (for runs started by a harness).
+    #[arg(long)]
+    log_lost: bool,
     /// Print the profiles and exit.
     #[arg(long)]
     list_profiles: bool,
@@ -155,6 +159,7 @@ fn main() -> anyhow::Result<()> {
     cfg.addr_b = args.addr_b;
     cfg.mtu = args.mtu;
     cfg.ipv6 = args.ipv6;
+    cfg.log_lost = args.log_lost || std::env::var_os("LINKEM_LOG_LOST").is_some();
     let mut relay = Relay::setup(&cfg).context("setting up TUN devices")?;
 
     // A closed stdout must not stop the relay, hence no println!.

@@ -5,10 +5,10 @@
 use std::io::{self, ErrorKind};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::config::{ConfigError, LinkConfig};
-use super::model::{LinkModel, LinkStats};
+use super::model::{LinkModel, LinkStats, Verdict};
 use super::tun::{Tun, TunError};
 use crate::netns::{ip, NetnsError};
 
@@ -54,6 +54,9 @@ pub struct RelayConfig {
     pub down: LinkConfig,
     /// B → A.
     pub up: LinkConfig,
+    /// Print each packet lost at random (not queue drops) on stderr, with its RTP header when
+    /// it carries RTP: to match a receiver's freezes to the packets behind them.
+    pub log_lost: bool,
 }
 
 impl RelayConfig {
@@ -68,6 +71,7 @@ impl RelayConfig {
             ipv6: false,
             down,
             up,
+            log_lost: false,
         }
     }
 }
@@ -87,6 +91,7 @@ pub struct Relay {
     down: LinkModel<Vec<u8>>,
     up: LinkModel<Vec<u8>>,
     write_errors: u64,
+    log_lost: bool,
 }
 
 impl Relay {
@@ -117,6 +122,7 @@ impl Relay {
             down: LinkModel::new(cfg.down.clone(), start)?,
             up: LinkModel::new(cfg.up.clone(), start)?,
             write_errors: 0,
+            log_lost: cfg.log_lost,
         })
     }
 
@@ -183,9 +189,9 @@ impl Relay {
                     source: e,
                 });
             }
-            for (pfd, tun, model) in [
-                (fds[0], &self.a, &mut self.down),
-                (fds[1], &self.b, &mut self.up),
+            for (pfd, tun, model, dir) in [
+                (fds[0], &self.a, &mut self.down, "down"),
+                (fds[1], &self.b, &mut self.up, "up"),
             ] {
                 if pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
                     return Err(RelayError::Io {
@@ -194,7 +200,7 @@ impl Relay {
                     });
                 }
                 if pfd.revents & libc::POLLIN != 0 {
-                    ingest(tun, model, &mut buf)?;
+                    ingest(tun, model, &mut buf, self.log_lost.then_some(dir))?;
                 }
             }
         }
@@ -202,13 +208,22 @@ impl Relay {
     }
 }
 
-/// Reads up to a batch of packets from `tun` into `model`.
-fn ingest(tun: &Tun, model: &mut LinkModel<Vec<u8>>, buf: &mut [u8]) -> Result<(), RelayError> {
+/// Reads up to a batch of packets from `tun` into `model`; logs those lost at random when
+/// `log_lost` names the direction.
+fn ingest(
+    tun: &Tun,
+    model: &mut LinkModel<Vec<u8>>,
+    buf: &mut [u8],
+    log_lost: Option<&str>,
+) -> Result<(), RelayError> {
     for _ in 0..READ_BATCH {
         match tun.recv(buf) {
             Ok(0) => break,
             Ok(n) => {
-                model.push(Instant::now(), n, buf[..n].to_vec());
+                let verdict = model.push(Instant::now(), n, buf[..n].to_vec());
+                if let (Verdict::Lost, Some(dir)) = (verdict, log_lost) {
+                    eprintln!("{}", lost_line(dir, SystemTime::now(), &buf[..n]));
+                }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -233,6 +248,57 @@ fn release(model: &mut LinkModel<Vec<u8>>, out: &Tun, now: Instant) -> u64 {
         }
     }
     errors
+}
+
+/// The RTP header fields of an IPv4/UDP packet that carries RTP (not RTCP, STUN or DTLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpHeader {
+    pub dst_port: u16,
+    pub payload_type: u8,
+    pub marker: bool,
+    pub seq: u16,
+    pub ssrc: u32,
+}
+
+impl RtpHeader {
+    /// Reads `packet` (an IP packet as the TUN device hands it over); `None` if it is not
+    /// IPv4/UDP carrying RTP version 2 outside RTCP's packet types (RFC 5761: 192–223).
+    pub fn parse(packet: &[u8]) -> Option<RtpHeader> {
+        let version_ihl = *packet.first()?;
+        if version_ihl >> 4 != 4 || *packet.get(9)? != 17 {
+            return None;
+        }
+        let udp = packet.get(usize::from(version_ihl & 0x0f) * 4..)?;
+        let rtp = udp.get(8..20)?;
+        if rtp[0] >> 6 != 2 || (192..=223).contains(&rtp[1]) {
+            return None;
+        }
+        Some(RtpHeader {
+            dst_port: u16::from_be_bytes([udp[2], udp[3]]),
+            payload_type: rtp[1] & 0x7f,
+            marker: rtp[1] & 0x80 != 0,
+            seq: u16::from_be_bytes([rtp[2], rtp[3]]),
+            ssrc: u32::from_be_bytes([rtp[8], rtp[9], rtp[10], rtp[11]]),
+        })
+    }
+}
+
+/// One `--log-lost` line: wall-clock milliseconds (to match browser samples), direction, size
+/// and the RTP header if any. SRTP leaves the header in the clear.
+pub fn lost_line(dir: &str, at: SystemTime, packet: &[u8]) -> String {
+    let ms = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let head = format!("linkem lost t={ms} dir={dir} len={}", packet.len());
+    match RtpHeader::parse(packet) {
+        Some(h) => format!(
+            "{head} dport={} pt={} m={} seq={} ssrc={}",
+            h.dst_port,
+            h.payload_type,
+            u8::from(h.marker),
+            h.seq,
+            h.ssrc
+        ),
+        None => head,
+    }
 }
 
 /// Prefix of the machine-readable statistics lines the binary prints at exit.
@@ -289,6 +355,66 @@ impl RelayStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An IPv4/UDP packet to port 5000 whose payload starts with `rtp`.
+    fn udp_packet(rtp: &[u8]) -> Vec<u8> {
+        let mut p = vec![
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 10, 77, 0, 1, 10, 77, 0, 2,
+        ];
+        p.extend_from_slice(&[0x9c, 0x40, 0x13, 0x88, 0, 0, 0, 0]);
+        p.extend_from_slice(rtp);
+        p
+    }
+
+    #[test]
+    fn lost_rtp_packets_are_described_and_others_are_not() {
+        let rtp = [
+            0x80,
+            0x80 | 96,
+            0x12,
+            0x34,
+            0,
+            0,
+            0,
+            1,
+            0xde,
+            0xad,
+            0xbe,
+            0xef,
+            0xaa,
+        ];
+        let packet = udp_packet(&rtp);
+        assert_eq!(
+            RtpHeader::parse(&packet),
+            Some(RtpHeader {
+                dst_port: 5000,
+                payload_type: 96,
+                marker: true,
+                seq: 0x1234,
+                ssrc: 0xdead_beef
+            })
+        );
+        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(
+            lost_line("down", at, &packet),
+            "linkem lost t=1700000000123 dir=down len=41 dport=5000 pt=96 m=1 seq=4660 ssrc=3735928559"
+        );
+        // RTCP (a receiver report), STUN, a cut header, IPv6, TCP: no RTP fields, no panic.
+        let rtcp = udp_packet(&[0x81, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2]);
+        assert_eq!(RtpHeader::parse(&rtcp), None);
+        let stun = udp_packet(&[0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0]);
+        assert_eq!(RtpHeader::parse(&stun), None);
+        assert_eq!(RtpHeader::parse(&packet[..30]), None);
+        assert_eq!(RtpHeader::parse(&[0x60; 60]), None);
+        let mut tcp = packet.clone();
+        tcp[9] = 6;
+        assert_eq!(RtpHeader::parse(&tcp), None);
+        assert_eq!(RtpHeader::parse(&[]), None);
+        assert_eq!(
+            lost_line("up", at, &stun),
+            "linkem lost t=1700000000123 dir=up len=40"
+        );
+    }
 
     #[test]
     fn stats_lines_round_trip() {
