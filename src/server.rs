@@ -117,9 +117,8 @@ impl RunningServer {
     }
 }
 
-/// A fresh directory under the system's temporary directory, for servers given none.
 /// A data directory made for one server without one (`ServerConfig::ephemeral`), removed with
-/// it. Named by process id and a counter alone, directories of exited processes piled up in
+/// it, under a random name. Named by process id and a counter alone, directories of exited processes piled up in
 /// the temp dir, and a later process with a recycled id opened one: its database, seeded with
 /// another directory, overrode the one the test passed in.
 #[derive(Debug)]
@@ -127,11 +126,9 @@ struct TempDataDir(PathBuf);
 
 impl TempDataDir {
     fn new() -> TempDataDir {
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let unique: u64 = rand::random();
         TempDataDir(
-            std::env::temp_dir().join(format!("tongbu-{}-{n}-{unique:016x}", std::process::id())),
+            std::env::temp_dir().join(format!("tongbu-{}-{unique:016x}", std::process::id())),
         )
     }
 }

@@ -470,7 +470,6 @@ async fn scripted_lesson_is_recorded_exactly_and_rolls_up() {
     );
 
     srv.usage.shutdown().await.expect("usage shutdown");
-    let _ = std::fs::remove_dir_all(&srv.data_dir);
     assert!(
         test_start.elapsed() < Duration::from_secs(40),
         "took {:?}",

@@ -19,6 +19,9 @@ use super::{host_candidates, Command, Conn, Engine, EngineSnapshot, Joined, Outb
 
 type Refusal = (ErrorCode, String);
 
+/// What a client hears when its SDP made str0m panic (contained; its media is dropped).
+const SDP_CRASHED: &str = "the media engine failed on this SDP";
+
 fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
     (code, message.into())
 }
@@ -131,10 +134,7 @@ impl Engine {
                     Some(result) => result.map_err(|e| refuse(ErrorCode::BadSdp, e.to_string()))?,
                     None => {
                         self.crash(id);
-                        return Err(refuse(
-                            ErrorCode::BadSdp,
-                            "the media engine failed on this SDP",
-                        ));
+                        return Err(refuse(ErrorCode::BadSdp, SDP_CRASHED));
                     }
                 }
                 self.mark_dirty(id);
@@ -611,10 +611,7 @@ impl Engine {
                 } else {
                     self.crash(id);
                 }
-                return Err(refuse(
-                    ErrorCode::BadSdp,
-                    "the media engine failed on this SDP",
-                ));
+                return Err(refuse(ErrorCode::BadSdp, SDP_CRASHED));
             }
         };
         if is_new {
