@@ -5,9 +5,10 @@
 //! delivered the rest at is then the best measure of it. Severe loss at the usual round trip
 //! is radio loss, not congestion: it is left to the estimator (cutting the rate would not reduce
 //! it). Read at the adaptation tick from transport-wide feedback over the last few hundred
-//! milliseconds of sends (str0m's `recent_feedback`), not from the once-a-second loss average,
-//! so a collapse is bounded within about half a second. Pure logic: feedback and time in, a bound
-//! out.
+//! milliseconds of sends (str0m's `recent_feedback`), not from the once-a-second loss average.
+//! Two such readings in a row bound the rate; a collapse shows sooner in an early reading of
+//! only the newest sends, taken between ticks, where most of them are lost. Pure logic: feedback
+//! and time in, a bound out.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,14 @@ const MIN_PACKETS: u32 = 8;
 /// make one window look like an overflow (measured on the bursty profile: several a minute); a
 /// collapse persists.
 const READINGS: u32 = 2;
+/// The sends an early reading covers. A collapse loses most of what is sent from the moment the
+/// link's queue is full; over a longer window the packets sent before it dilute that loss, and
+/// a 300 ms window first shows it about a quarter of a second later.
+pub const EARLY_WINDOW: Duration = Duration::from_millis(100);
+/// Loss in an early reading that bounds at once. A radio link's loss bursts (the bursty profile
+/// loses 14 % in runs of about three packets) rarely take half of a window's packets, and they
+/// do not come with a standing queue.
+pub const COLLAPSE_LOSS: f32 = 0.5;
 /// A bound stays this long after the last overflowing reading: the queue needs that long to
 /// drain and the estimator to follow, and lifting it sooner would refill the queue at once.
 const HOLD: Duration = Duration::from_secs(1);
@@ -65,15 +74,7 @@ impl OverflowDetector {
         };
         let floor = self.min_rtt.map_or(fb.rtt, |lowest| lowest.min(fb.rtt));
         self.min_rtt = Some(floor);
-        // The queue stands through the newest half of the window (a loss burst on a radio link
-        // that meets a frame's burst at the bottleneck does not: by the newest round trip alone
-        // it bounded bursty links a few times a minute). With
-        // nothing delivered there is no transit to go by; the newest round trip then tells.
-        let queued = match queue {
-            Some(queue) => queue >= QUEUE_GROWTH,
-            None => fb.rtt >= floor + QUEUE_GROWTH,
-        };
-        let overflowing = fb.packets >= MIN_PACKETS && fb.loss > SEVERE_LOSS && queued;
+        let overflowing = fb.loss > SEVERE_LOSS && queue_stands(fb, queue, floor);
         let Some(delivered) = fb.delivered_bps.filter(|_| overflowing) else {
             self.streak = 0;
             return false;
@@ -90,10 +91,49 @@ impl OverflowDetector {
         started
     }
 
+    /// An early reading, between adaptation ticks, of the newest sends only ([`EARLY_WINDOW`];
+    /// `queue` read without moving the gauge's floor). Starts a bound at once when most of them
+    /// were lost behind a standing queue; otherwise leaves everything to the regular readings.
+    /// Returns true when it started a bound.
+    pub fn on_early_feedback(
+        &mut self,
+        now: Instant,
+        feedback: &RecentFeedback,
+        queue: Option<Duration>,
+    ) -> bool {
+        // Before any regular reading there is no floor to tell a queue by.
+        let Some(floor) = self.min_rtt else {
+            return false;
+        };
+        if self.cap.is_some_and(|(_, until)| now < until) {
+            return false;
+        }
+        let collapsing = feedback.loss >= COLLAPSE_LOSS && queue_stands(feedback, queue, floor);
+        let Some(delivered) = feedback.delivered_bps.filter(|_| collapsing) else {
+            return false;
+        };
+        // The regular reading that follows counts as the second of a streak.
+        self.streak = 1;
+        self.cap = Some((delivered, now + HOLD));
+        true
+    }
+
     /// What the link delivered while it overflowed lately; the allocation must not exceed it.
     pub fn cap_bps(&self) -> Option<u64> {
         self.cap.map(|(cap, _)| cap)
     }
+}
+
+/// Enough packets to judge, sent while a queue stood: through the newest half of the window by
+/// their least transit (a loss burst on a radio link that meets a frame's burst at the
+/// bottleneck does not stand; by the newest round trip alone it bounded bursty links a few times
+/// a minute), or, with nothing delivered and so no transit to go by, by the newest round trip.
+fn queue_stands(feedback: &RecentFeedback, queue: Option<Duration>, floor: Duration) -> bool {
+    let queued = match queue {
+        Some(queue) => queue >= QUEUE_GROWTH,
+        None => feedback.rtt >= floor + QUEUE_GROWTH,
+    };
+    feedback.packets >= MIN_PACKETS && queued
 }
 
 #[cfg(test)]
@@ -261,5 +301,69 @@ mod tests {
         assert!(!d.on_feedback(t0 + MS(1200), Some(&fb), Some(MS(80))));
         assert!(d.on_feedback(t0 + MS(1400), Some(&fb), Some(MS(80))));
         assert_eq!(d.cap_bps(), Some(300_000));
+    }
+
+    #[test]
+    fn an_early_reading_of_a_collapse_bounds_at_once() {
+        let t0 = Instant::now();
+        let mut d = OverflowDetector::default();
+        let collapse = feedback(0.7, 160, Some(290_000));
+        assert!(
+            !d.on_early_feedback(t0, &collapse, Some(MS(100))),
+            "no floor before a regular reading"
+        );
+        on(&mut d, t0, Some(&feedback(0.0, 60, Some(1_500_000))));
+        // Most of the newest sends lost behind a standing queue: bounded without a second look.
+        assert!(d.on_early_feedback(t0 + MS(50), &collapse, Some(MS(100))));
+        assert_eq!(d.cap_bps(), Some(290_000));
+        // Once bounded, early readings leave it to the regular ones...
+        let lower = feedback(0.8, 160, Some(200_000));
+        assert!(!d.on_early_feedback(t0 + MS(100), &lower, Some(MS(100))));
+        assert_eq!(d.cap_bps(), Some(290_000));
+        // ... and the next regular reading that still overflows is the second of a streak: it
+        // moves the bound to what it saw, without starting another.
+        assert!(!on(&mut d, t0 + MS(200), Some(&lower)));
+        assert_eq!(d.cap_bps(), Some(200_000));
+        // It lapses like any bound.
+        on(
+            &mut d,
+            t0 + MS(200) + HOLD,
+            Some(&feedback(0.0, 60, Some(250_000))),
+        );
+        assert_eq!(d.cap_bps(), None);
+    }
+
+    #[test]
+    fn an_early_reading_needs_most_sends_lost_behind_a_standing_queue() {
+        let t0 = Instant::now();
+        let mut d = OverflowDetector::default();
+        on(&mut d, t0, Some(&feedback(0.0, 300, Some(800_000))));
+        let early = |d: &mut OverflowDetector, fb: RecentFeedback, queue: Option<Duration>| {
+            let started = d.on_early_feedback(t0 + MS(50), &fb, queue);
+            assert_eq!(started, d.cap_bps().is_some());
+            started
+        };
+        // A loss burst at the usual transit: radio loss, however deep.
+        assert!(!early(
+            &mut d,
+            feedback(0.9, 305, Some(300_000)),
+            Some(MS(2))
+        ));
+        // A standing queue with loss that a regular reading calls severe, but not most.
+        assert!(!early(
+            &mut d,
+            feedback(0.4, 400, Some(300_000)),
+            Some(MS(80))
+        ));
+        // Too few packets, or too few arrivals for a rate.
+        let few = RecentFeedback {
+            packets: 4,
+            ..feedback(0.75, 400, Some(300_000))
+        };
+        assert!(!early(&mut d, few, Some(MS(80))));
+        assert!(!early(&mut d, feedback(0.9, 400, None), Some(MS(80))));
+        // Nothing delivered: the newest round trip tells the queue.
+        assert!(!early(&mut d, feedback(0.6, 310, Some(300_000)), None));
+        assert!(early(&mut d, feedback(0.6, 400, Some(300_000)), None));
     }
 }

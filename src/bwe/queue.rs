@@ -37,6 +37,15 @@ impl QueueGauge {
         self.floor_us = Some(floor);
         Some(Duration::from_micros((transit - floor).max(0.0) as u64))
     }
+
+    /// The queueing delay a reading between the regular ones shows, against the floor as it
+    /// stands: the floor's slow rise is paced by the regular readings alone. `None` without a
+    /// floor yet, or when none of its packets arrived.
+    pub fn peek(&self, feedback: &RecentFeedback) -> Option<Duration> {
+        let transit = feedback.min_transit_us? as f64;
+        let floor = self.floor_us?;
+        Some(Duration::from_micros((transit - floor).max(0.0) as u64))
+    }
 }
 
 #[cfg(test)]
@@ -76,5 +85,19 @@ mod tests {
             ..reading(0)
         };
         assert_eq!(q.on_feedback(&nothing), None);
+        assert_eq!(q.peek(&nothing), None);
+    }
+
+    #[test]
+    fn a_peek_reads_the_queue_without_moving_the_floor() {
+        let mut q = QueueGauge::default();
+        assert_eq!(q.peek(&reading(50)), None, "no floor yet");
+        q.on_feedback(&reading(50));
+        for _ in 0..100 {
+            assert_eq!(q.peek(&reading(150)), Some(Duration::from_millis(100)));
+        }
+        assert_eq!(q.peek(&reading(30)), Some(Duration::ZERO));
+        // Had the peek at 30 ms lowered the floor, this would show a 20 ms queue.
+        assert_eq!(q.on_feedback(&reading(50)), Some(Duration::ZERO));
     }
 }

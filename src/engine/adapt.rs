@@ -313,6 +313,28 @@ impl Engine {
         }
     }
 
+    /// Between adaptation ticks: an early reading of each adapted subscriber's newest sends,
+    /// which bounds a collapsing link at once (`OverflowDetector::on_early_feedback`) and
+    /// re-allocates it; nothing else changes here.
+    pub(crate) fn early_overflow_tick(&mut self, now: Instant) {
+        if !self.adaptation {
+            return;
+        }
+        let mut bounded = Vec::new();
+        for (id, conn) in &mut self.conns {
+            let Some(peer) = conn.peer.as_mut().filter(|p| !p.subscribed.is_empty()) else {
+                continue;
+            };
+            if read_early_feedback(*id, peer, now) {
+                bounded.push(*id);
+            }
+        }
+        for id in bounded {
+            self.mark_dirty(id);
+            self.reallocate(id, now);
+        }
+    }
+
     /// Every adaptation tick: holds that ended, keyframes still awaited, and periodic
     /// re-allocation (layer rates move even when the estimate does not).
     pub(crate) fn adapt_tick(&mut self, now: Instant) {
@@ -472,7 +494,7 @@ impl Engine {
 }
 
 /// Reads the subscriber's newest transport-wide feedback into its overflow and radio-loss
-/// detectors. While the link overflows, str0m's pacing is held under what it delivered (the
+/// detectors, over the regular window and then the early one. While the link overflows, str0m's pacing is held under what it delivered (the
 /// baseline, `--no-adaptation`, keeps str0m's own pacing); while it loses packets at a steady
 /// round trip, str0m's estimate ignores the loss (if `tolerance`). True when the pacing changed.
 fn follow_feedback(
@@ -488,6 +510,10 @@ fn follow_feedback(
         tracing::debug!(%id, ?feedback, ?queue, "link overflows: allocation bounded");
         peer.fec_link.forget_congestion();
     }
+    // Then the newest sends alone, as between ticks: a collapse this reading's longer window
+    // does not show yet is bounded now, not a tick later. Not the other way round: this
+    // window's delivered rate, right after a collapse, still counts arrivals at the old rate.
+    let early = adaptation && read_early_feedback(id, peer, now);
     let overflowing = peer.overflow.cap_bps().is_some();
     let tolerant = peer
         .radio_loss
@@ -498,6 +524,28 @@ fn follow_feedback(
         peer.loss_tolerant = tolerant;
         peer.rtc.bwe().set_loss_tolerant(tolerant);
     }
+    apply_pacing_cap(peer, adaptation) || early
+}
+
+/// An early reading of the subscriber's newest sends ([`overflow::EARLY_WINDOW`]); when it shows
+/// a collapse, bounds the allocation and str0m's pacing at once. True when it did.
+fn read_early_feedback(id: ConnId, peer: &mut Peer, now: Instant) -> bool {
+    let Some(feedback) = peer.rtc.bwe().recent_feedback(overflow::EARLY_WINDOW) else {
+        return false;
+    };
+    let queue = peer.queue.peek(&feedback);
+    if !peer.overflow.on_early_feedback(now, &feedback, queue) {
+        return false;
+    }
+    tracing::debug!(%id, ?feedback, ?queue, "link collapses: allocation bounded early");
+    peer.fec_link.forget_congestion();
+    apply_pacing_cap(peer, true);
+    true
+}
+
+/// Holds str0m's pacing under what the overflowing link delivered (only when adapting), or lifts
+/// the hold. True when the pacing changed.
+fn apply_pacing_cap(peer: &mut Peer, adaptation: bool) -> bool {
     let pacing_cap = peer
         .overflow
         .cap_bps()

@@ -40,6 +40,9 @@ pub const OUTBOX_CAPACITY: usize = 256;
 const TICK: Duration = Duration::from_secs(1);
 /// Layer selectors' holds and keyframe waits are checked this often.
 const ADAPT_TICK: Duration = Duration::from_millis(200);
+/// Early readings of each subscriber's newest feedback, for a collapsing link, run this often:
+/// transport-wide feedback comes every 50–100 ms, and a collapse waits for no adaptation tick.
+const EARLY_TICK: Duration = Duration::from_millis(50);
 /// How long a peer may stay ICE-disconnected before its media is given up; its client then
 /// reconnects with a fresh peer connection.
 const ICE_GRACE: Duration = Duration::from_secs(15);
@@ -302,8 +305,13 @@ impl Engine {
         let mut buf = vec![0u8; RECV_BUF];
         let mut next_tick = Instant::now() + TICK;
         let mut next_adapt = Instant::now() + ADAPT_TICK;
+        let mut next_early = Instant::now() + EARLY_TICK;
         loop {
-            let deadline = self.next_deadline().min(next_tick).min(next_adapt);
+            let deadline = self
+                .next_deadline()
+                .min(next_tick)
+                .min(next_adapt)
+                .min(next_early);
             tokio::select! {
                 cmd = commands.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -323,6 +331,10 @@ impl Engine {
                     if now >= next_adapt {
                         self.adapt_tick(now);
                         next_adapt = now + ADAPT_TICK;
+                        next_early = now + EARLY_TICK;
+                    } else if now >= next_early {
+                        self.early_overflow_tick(now);
+                        next_early = now + EARLY_TICK;
                     }
                     if now >= next_tick {
                         self.expire_lost_peers(now);
