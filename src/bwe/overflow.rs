@@ -91,10 +91,10 @@ impl OverflowDetector {
         started
     }
 
-    /// An early reading, between adaptation ticks, of the newest sends only ([`EARLY_WINDOW`];
-    /// `queue` read without moving the gauge's floor). Starts a bound at once when most of them
-    /// were lost behind a standing queue; otherwise leaves everything to the regular readings.
-    /// Returns true when it started a bound.
+    /// An early reading of the newest sends only ([`EARLY_WINDOW`]), taken between adaptation
+    /// ticks and after each regular reading (`queue` read without moving the gauge's floor).
+    /// Starts a bound at once when most of them were lost behind a standing queue; otherwise
+    /// leaves everything to the regular readings. Returns true when it started a bound.
     pub fn on_early_feedback(
         &mut self,
         now: Instant,
