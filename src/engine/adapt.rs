@@ -494,9 +494,10 @@ impl Engine {
 }
 
 /// Reads the subscriber's newest transport-wide feedback into its overflow and radio-loss
-/// detectors, over the regular window and then the early one. While the link overflows, str0m's pacing is held under what it delivered (the
-/// baseline, `--no-adaptation`, keeps str0m's own pacing); while it loses packets at a steady
-/// round trip, str0m's estimate ignores the loss (if `tolerance`). True when the pacing changed.
+/// detectors, over the regular window and then the early one. While the link overflows, str0m's
+/// pacing is held under what it delivered (the baseline, `--no-adaptation`, keeps str0m's own
+/// pacing); while it loses packets at a steady round trip, str0m's estimate ignores the loss (if
+/// `tolerance`). True when the pacing changed.
 fn follow_feedback(
     id: ConnId,
     peer: &mut Peer,
@@ -510,9 +511,11 @@ fn follow_feedback(
         tracing::debug!(%id, ?feedback, ?queue, "link overflows: allocation bounded");
         peer.fec_link.forget_congestion();
     }
-    // Then the newest sends alone, as between ticks: a collapse this reading's longer window
-    // does not show yet is bounded now, not a tick later. Not the other way round: this
-    // window's delivered rate, right after a collapse, still counts arrivals at the old rate.
+    // Then the newest sends alone, as between ticks: a collapse the regular window does not
+    // show yet is bounded now, not a tick later. In this order, a bound the regular reading
+    // started is not replaced: the early reading leaves a standing bound alone. The other order
+    // would let the regular reading move an early bound at once to its own delivered rate, which
+    // right after a collapse still counts arrivals at the old rate.
     let early = adaptation && read_early_feedback(id, peer, now);
     let overflowing = peer.overflow.cap_bps().is_some();
     let tolerant = peer
