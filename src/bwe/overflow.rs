@@ -35,9 +35,6 @@ pub const EARLY_WINDOW: Duration = Duration::from_millis(100);
 /// loses 14 % in runs of about three packets) rarely take half of a window's packets, and they
 /// do not come with a standing queue.
 pub const COLLAPSE_LOSS: f32 = 0.5;
-/// Each loss report covers about the second before it (str0m's `PeerStats`): one that comes
-/// within this long after a bound lapsed still counts the overflow's loss.
-const LOSS_REPORT_SPAN: Duration = Duration::from_secs(1);
 /// A bound stays this long after the last overflowing reading: the queue needs that long to
 /// drain and the estimator to follow, and lifting it sooner would refill the queue at once.
 const HOLD: Duration = Duration::from_secs(1);
@@ -57,9 +54,6 @@ pub struct OverflowDetector {
     streak: u32,
     /// The bound and until when it holds.
     cap: Option<(u64, Instant)>,
-    /// Until when the latest bound held (or holds): loss reports shortly after still carry its
-    /// loss.
-    bounded_until: Option<Instant>,
 }
 
 impl OverflowDetector {
@@ -93,7 +87,7 @@ impl OverflowDetector {
         // the closest: older ones mix in the queue's drain at the old rate, or the gap after the
         // sender cut back (measured: 139 kbit/s once on a 300 kbit/s link, which paused video).
         let started = self.cap.is_none();
-        self.bound(now, delivered);
+        self.cap = Some((delivered, now + HOLD));
         started
     }
 
@@ -120,22 +114,8 @@ impl OverflowDetector {
         };
         // The regular reading that follows counts as the second of a streak.
         self.streak = 1;
-        self.bound(now, delivered);
-        true
-    }
-
-    fn bound(&mut self, now: Instant, delivered: u64) {
         self.cap = Some((delivered, now + HOLD));
-        self.bounded_until = Some(now + HOLD);
-    }
-
-    /// Whether loss reported now may be the overflow's rather than the link's own: while a bound
-    /// holds, and for a report's span after it lapsed. Taken as the link's, the first report
-    /// after an early bound lapsed (12.6 % loss) put audio in RED three deep and costed resends at
-    /// 12.6 %, which took more than the collapsed link carried and overflowed it again.
-    pub fn loss_is_congestion(&self, now: Instant) -> bool {
-        self.bounded_until
-            .is_some_and(|until| now < until + LOSS_REPORT_SPAN)
+        true
     }
 
     /// What the link delivered while it overflowed lately; the allocation must not exceed it.
@@ -385,33 +365,5 @@ mod tests {
         // Nothing delivered: the newest round trip tells the queue.
         assert!(!early(&mut d, feedback(0.6, 310, Some(300_000)), None));
         assert!(early(&mut d, feedback(0.6, 400, Some(300_000)), None));
-    }
-
-    #[test]
-    fn loss_reported_while_bounded_and_a_report_after_is_the_overflows() {
-        let t0 = Instant::now();
-        let mut d = OverflowDetector::default();
-        on(&mut d, t0, Some(&feedback(0.0, 60, Some(1_500_000))));
-        assert!(!d.loss_is_congestion(t0), "a clean link's loss is its own");
-        assert!(d.on_early_feedback(
-            t0 + MS(100),
-            &feedback(0.7, 160, Some(300_000)),
-            Some(MS(100))
-        ));
-        // Still overflowing at the next reading: the hold runs from there.
-        on(
-            &mut d,
-            t0 + MS(200),
-            Some(&feedback(0.5, 160, Some(290_000))),
-        );
-        assert!(d.loss_is_congestion(t0 + MS(300)));
-        let lapse = t0 + MS(200) + HOLD;
-        on(&mut d, lapse, Some(&feedback(0.0, 60, Some(280_000))));
-        assert_eq!(d.cap_bps(), None, "the bound lapsed");
-        assert!(
-            d.loss_is_congestion(lapse + MS(900)),
-            "a report after still carries it"
-        );
-        assert!(!d.loss_is_congestion(lapse + LOSS_REPORT_SPAN));
     }
 }

@@ -616,14 +616,13 @@ impl Engine {
                 if let Some(conn) = self.conns.get_mut(&id) {
                     if let Some(peer) = conn.peer.as_mut() {
                         peer.loss = stats.egress_loss_fraction;
-                        // Loss while the link overflows, and in the report after, is
-                        // congestion, which the overflow bound answers. Taken as the link's own,
-                        // it kept repair costs (RED depth, FEC, resends) up for seconds after a
-                        // collapse, and video at a quarter of its frame rate or paused on the
-                        // collapsed link.
+                        // Loss while the link overflows is congestion, which the overflow bound
+                        // answers. Taken as the link's own, it kept repair costs (RED depth, FEC,
+                        // resends) up for seconds after a collapse, and video at a quarter of
+                        // its frame rate or paused on the collapsed link.
                         let link_loss = stats
                             .egress_loss_fraction
-                            .filter(|_| !peer.overflow.loss_is_congestion(now));
+                            .filter(|_| peer.overflow.cap_bps().is_none());
                         peer.fec_link
                             .on_report(link_loss, stats.rtt.map(|d| d.as_millis() as u32));
                         peer.rtt = stats.rtt;
