@@ -118,9 +118,9 @@ impl RunningServer {
 }
 
 /// A data directory made for one server without one (`ServerConfig::ephemeral`), removed with
-/// it, under a random name. Named by process id and a counter alone, directories of exited processes piled up in
-/// the temp dir, and a later process with a recycled id opened one: its database, seeded with
-/// another directory, overrode the one the test passed in.
+/// it, under a random name. Named by process id and a counter alone, directories of exited
+/// processes piled up in the temp dir, and a later process with a recycled id opened one: its
+/// database, seeded with another directory, overrode the one the test passed in.
 #[derive(Debug)]
 struct TempDataDir(PathBuf);
 

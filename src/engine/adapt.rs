@@ -326,6 +326,7 @@ impl Engine {
                 continue;
             };
             if read_early_feedback(*id, peer, now) {
+                apply_pacing_cap(peer, true);
                 bounded.push(*id);
             }
         }
@@ -531,7 +532,8 @@ fn follow_feedback(
 }
 
 /// An early reading of the subscriber's newest sends ([`overflow::EARLY_WINDOW`]); when it shows
-/// a collapse, bounds the allocation and str0m's pacing at once. True when it did.
+/// a collapse, bounds the allocation at once (the caller applies the pacing cap). True when it
+/// did.
 fn read_early_feedback(id: ConnId, peer: &mut Peer, now: Instant) -> bool {
     let Some(feedback) = peer.rtc.bwe().recent_feedback(overflow::EARLY_WINDOW) else {
         return false;
@@ -542,7 +544,6 @@ fn read_early_feedback(id: ConnId, peer: &mut Peer, now: Instant) -> bool {
     }
     tracing::debug!(%id, ?feedback, ?queue, "link collapses: allocation bounded early");
     peer.fec_link.forget_congestion();
-    apply_pacing_cap(peer, true);
     true
 }
 

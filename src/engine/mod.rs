@@ -41,7 +41,7 @@ const TICK: Duration = Duration::from_secs(1);
 /// Layer selectors' holds and keyframe waits are checked this often.
 const ADAPT_TICK: Duration = Duration::from_millis(200);
 /// Early readings of each subscriber's newest feedback, for a collapsing link, run this often:
-/// transport-wide feedback comes every 50–100 ms, and a collapse waits for no adaptation tick.
+/// a collapse is bounded soon after its feedback arrives, not at the next adaptation tick.
 const EARLY_TICK: Duration = Duration::from_millis(50);
 /// How long a peer may stay ICE-disconnected before its media is given up; its client then
 /// reconnects with a fresh peer connection.
