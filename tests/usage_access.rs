@@ -20,8 +20,9 @@ fn admin(scope: AdminScope) -> String {
     key().sign(&Claims::Admin { scope, exp: FAR })
 }
 
-/// A store with one lesson in each county (k1: hosted by c-h1 with c-a; k2: c-h2 with c-x).
-fn state(name: &str) -> AdminState {
+/// A store with one lesson in each county (k1: hosted by c-h1 with c-a; k2: c-h2 with c-x), and
+/// the database it lives in (keep it while the state is used).
+fn state(name: &str) -> (AdminState, TempDb) {
     let db = temp_db(name);
     let mut store = Store::open(&db).unwrap();
     let mut writes = Writes::default();
@@ -55,7 +56,8 @@ fn state(name: &str) -> AdminState {
     }
     store.apply(&writes).unwrap();
     drop(store);
-    AdminState::open(&db, key(), &directory(), chrono_tz::Asia::Shanghai).unwrap()
+    let state = AdminState::open(&db, key(), &directory(), chrono_tz::Asia::Shanghai).unwrap();
+    (state, db)
 }
 
 async fn call(
@@ -91,7 +93,8 @@ const SEPT: &str = "from=2025-09-01&to=2025-09-30";
 
 #[tokio::test]
 async fn no_token_reads_nothing_and_county_admins_stay_in_their_county() {
-    let app = router(state("access"));
+    let (admin_state, _db) = state("access");
+    let app = router(admin_state);
     for uri in [
         format!("/api/usage?{SEPT}"),
         format!("/api/usage/least-used?{SEPT}"),
@@ -248,7 +251,8 @@ async fn no_token_reads_nothing_and_county_admins_stay_in_their_county() {
 
 #[tokio::test]
 async fn csv_links_bad_input_and_directory_edits() {
-    let app = router(state("input"));
+    let (admin_state, _db) = state("input");
+    let app = router(admin_state);
     let city = admin(AdminScope::City);
     // CSV via ?token= (links), same rows as JSON.
     let (status, csv, headers) = call(

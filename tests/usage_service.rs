@@ -53,7 +53,9 @@ async fn scripted_lesson_gives_exact_minutes_counts_and_rollups() {
     }
     let clock = ManualClock::new(T0);
     let (tx, rx) = mpsc::unbounded_channel();
-    let usage = start(db.clone(), config(&clock), rx, None).await.unwrap();
+    let usage = start(db.path().to_path_buf(), config(&clock), rx, None)
+        .await
+        .unwrap();
 
     let l = "L1";
     let send = |ev| tx.send(ev).unwrap();
@@ -192,7 +194,9 @@ async fn crash_closes_open_sessions_at_their_last_checkpoint_and_keeps_closed_on
     let db = temp_db("crash");
     let clock = ManualClock::new(T0);
     let (tx, rx) = mpsc::unbounded_channel();
-    let usage = start(db.clone(), config(&clock), rx, None).await.unwrap();
+    let usage = start(db.path().to_path_buf(), config(&clock), rx, None)
+        .await
+        .unwrap();
     // A finished lesson: its session is closed and written at once.
     tx.send(started("done", "c-h2", &["c-x"], T0)).unwrap();
     tx.send(joined("done", "c-x", T0)).unwrap();
@@ -218,7 +222,9 @@ async fn crash_closes_open_sessions_at_their_last_checkpoint_and_keeps_closed_on
     // Restart: recovery happens before the new service takes events.
     let clock = ManualClock::new(T0 + 3600 * S);
     let (_tx2, rx2) = mpsc::unbounded_channel();
-    let usage = start(db.clone(), config(&clock), rx2, None).await.unwrap();
+    let usage = start(db.path().to_path_buf(), config(&clock), rx2, None)
+        .await
+        .unwrap();
     assert_eq!(usage.recovery.sessions_closed, 1);
     assert_eq!(usage.recovery.lessons_closed, 1);
     usage.shutdown().await.unwrap();
@@ -268,7 +274,7 @@ async fn periodic_checkpoints_run_without_being_asked() {
         checkpoint_interval: Duration::from_millis(50),
         ..UsageConfig::default()
     };
-    let usage = start(db.clone(), cfg, rx, None).await.unwrap();
+    let usage = start(db.path().to_path_buf(), cfg, rx, None).await.unwrap();
     let now = tongbu::usage::service::system_clock()();
     tx.send(joined("p", "c-a", now - 10 * S)).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -13,7 +13,9 @@
 //!   (`Tuning::choppy_ratio`);
 //! - the server raised a teacher layer over the page's own maxBitrate on the 2 Mbit/s link
 //!   (`publish_layers.max_kbps`), and the teacher sent that layer at over 1.3× it (measured:
-//!   640 px at up to 1.5 Mbit/s against its own 500 kbit/s).
+//!   640 px at up to 1.5 Mbit/s against its own 500 kbit/s);
+//! - dynacast follows what the classroom takes: during the cap the teacher is told to encode its
+//!   lowest layer alone and sends nothing else, and after it a higher layer is switched back on.
 //!
 //! The teacher's top layer is capped at 1 Mbit/s (RTCRtpSender.setParameters) so that it fits a
 //! 2 Mbit/s link: uncapped, Chromium sends ≈2.5 Mbit/s on it for this clip and a 2 Mbit/s

@@ -8,12 +8,14 @@
 //! - [`select`]: per (subscriber, video track) layer selector: max / target / current, with hysteresis.
 //! - [`keyframe`]: keyframe requests throttled and shared across subscribers of a publisher layer.
 //! - [`shape`]: each camera layer encoded at what its subscribers have room for.
+//! - [`dynacast`]: which layers a publisher encodes: those its subscribers take.
 //!
 //! One estimate update runs `rates` → `allocate` → `select::LayerSelector::on_allocation`; every
 //! forwarded frame runs `LayerSelector::on_frame`; `LayerSelector::keyframe_request` goes through
 //! `KeyframeThrottle::request` before a PLI reaches the publisher.
 
 pub mod allocate;
+pub mod dynacast;
 pub mod keyframe;
 pub mod overflow;
 pub mod queue;
@@ -28,6 +30,7 @@ pub use allocate::{
     allocate, Allocation, LayerBitrate, LayerChoice, Priority, TrackAllocation, TrackDemand,
     ALL_TEMPORAL,
 };
+pub use dynacast::Dynacast;
 pub use keyframe::{keyframe_needed, KeyframeThrottle};
 pub use overflow::OverflowDetector;
 pub use queue::QueueGauge;

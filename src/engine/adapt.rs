@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use str0m::bwe::Bitrate;
+use str0m::media::Mid;
 
 use crate::bwe::{
     allocate, overflow, LayerBitrate, LayerChoice as Choice, Priority, Room, TrackDemand,
@@ -121,12 +122,15 @@ impl Engine {
                 _ if is_called_on => Priority::CalledOn,
                 _ => Priority::Classroom,
             };
-            let mut layers = published.rates.bitrates(now);
             let camera = sub.kind == MediaKind::Video && sub.source != SourceKind::Screen;
-            if camera {
-                let ratio = self.tuning.choppy_ratio;
-                layers.retain(|l| !published.rates.choppy(now, l.layer, ratio));
-            }
+            let choppy_ratio = if camera {
+                self.tuning.choppy_ratio
+            } else {
+                0.0
+            };
+            let mut layers = published
+                .dynacast
+                .offered(now, &published.rates, choppy_ratio);
             let shapeable = camera && sub.from_teacher && published.layers.len() > 1;
             shaping.push(shapeable.then(|| {
                 std::array::from_fn::<_, MAX_LAYERS, _>(|l| published.shaper.ceiling(l as u8))
@@ -218,7 +222,11 @@ impl Engine {
                     temporal: crate::bwe::ALL_TEMPORAL,
                 }),
             };
+            let before = video.selector.target();
             video.selector.on_allocation(now, choice);
+            if video.selector.target() != before {
+                tracing::debug!(%id, from = ?before, to = ?video.selector.target(), "layer target");
+            }
             video.room = rooms[i];
         }
         if let Some(a) = &allocation {
@@ -295,12 +303,7 @@ impl Engine {
             }
         }
         for (pub_id, mid, rooms) in updates {
-            let Some(track) = self
-                .conns
-                .get_mut(&pub_id)
-                .and_then(|c| c.peer.as_mut())
-                .and_then(|p| p.published.iter_mut().find(|t| t.mid == mid))
-            else {
+            let Some(track) = self.published_mut(pub_id, mid) else {
                 continue;
             };
             let measured: [Option<u64>; MAX_LAYERS] =
@@ -376,53 +379,75 @@ impl Engine {
                 self.ask_keyframe(key, track_id, req.layer, req.waiting_since, now);
             }
         }
+        self.dynacast(now);
         if self.adaptation {
             self.shape_layers(now);
         }
     }
 
-    /// Once a second: dynacast, RED, and quality reports.
+    /// Once a second: quality reports.
     pub(crate) fn report_tick(&mut self) {
-        self.dynacast();
         self.send_quality();
         self.send_link_quality();
     }
 
-    /// Tells each publisher which layers of each video anyone takes; the lowest always stays on
-    /// so a new subscriber starts at once.
-    fn dynacast(&mut self) {
+    /// The track `pub_id` publishes at `mid`.
+    fn published_mut(&mut self, pub_id: ConnId, mid: Mid) -> Option<&mut Published> {
+        self.conns
+            .get_mut(&pub_id)?
+            .peer
+            .as_mut()?
+            .published
+            .iter_mut()
+            .find(|t| t.mid == mid)
+    }
+
+    /// Every adaptation tick: tells each publisher which layers of each video its subscribers
+    /// take (`bwe::dynacast`): the layer a subscriber's allocation settled on, or the one still
+    /// flowing to it while it switches down. A target above what is encoded switches it on at
+    /// the next tick.
+    fn dynacast(&mut self, now: Instant) {
         let mut updates = Vec::new();
         for (pub_id, conn) in &self.conns {
             let Some(peer) = conn.peer.as_ref() else {
                 continue;
             };
             for track in peer.published.iter().filter(|t| t.layers.len() > 1) {
-                let needed = self
+                let taken = self
                     .conns
                     .values()
                     .filter_map(|c| c.peer.as_ref())
                     .flat_map(|p| p.subscribed.iter())
                     .filter(|s| s.key.publisher == *pub_id && s.key.mid == track.mid)
-                    .filter_map(|s| s.video.as_ref().map(|v| v.selector.max()))
-                    .max()
-                    .unwrap_or(0);
-                let active: Vec<bool> =
-                    (0..track.layers.len()).map(|l| l as u8 <= needed).collect();
-                if active != track.active {
-                    updates.push((*pub_id, track.mid, active));
-                }
+                    .filter_map(|s| s.video.as_ref())
+                    .flat_map(|v| [v.selector.target(), v.selector.current()])
+                    .flatten()
+                    .map(|c| c.layer)
+                    .max();
+                updates.push((*pub_id, track.mid, taken));
             }
         }
-        for (pub_id, mid, active) in updates {
-            let Some(peer) = self.conns.get_mut(&pub_id).and_then(|c| c.peer.as_mut()) else {
+        let camera_choppy_ratio = self.tuning.choppy_ratio;
+        for (pub_id, mid, taken) in updates {
+            let Some(track) = self.published_mut(pub_id, mid) else {
                 continue;
             };
-            let Some(track) = peer.published.iter_mut().find(|t| t.mid == mid) else {
-                continue;
+            let count = track.layers.len();
+            let choppy_ratio = if track.source == SourceKind::Screen {
+                0.0
+            } else {
+                camera_choppy_ratio
             };
-            track.active = active;
-            let msg = publish_layers(track);
-            self.send(pub_id, msg);
+            track
+                .dynacast
+                .update(now, &track.rates, taken, count, choppy_ratio);
+            let active = track.dynacast.active(count);
+            if active != track.active {
+                tracing::debug!(%pub_id, %mid, ?active, "dynacast");
+                track.active = active;
+                let msg = publish_layers(track);
+                self.send(pub_id, msg);
+            }
         }
     }
 

@@ -76,6 +76,7 @@ impl Engine {
             active: vec![true; layers.len()],
             layers,
             rates: LayerRates::new(&self.tuning),
+            dynacast: Default::default(),
             shaper: Default::default(),
             audio: Default::default(),
         });

@@ -14,7 +14,7 @@ use str0m::Rtc;
 use crate::signal::message::{LayerChoice, MediaKind, SourceKind, TrackInfo, TrackQuality};
 use crate::signal::ConnId;
 
-use crate::bwe::{LayerRates, LayerSelector, LayerShaper};
+use crate::bwe::{Dynacast, LayerRates, LayerSelector, LayerShaper};
 
 use super::fec::{FecLink, FecPlanner};
 use super::frames::FrameMemory;
@@ -51,8 +51,10 @@ pub struct Published {
     pub layers: Vec<Option<Rid>>,
     /// Measured bitrate per layer.
     pub rates: LayerRates,
-    /// Layers the publisher was last told to encode (dynacast), lowest first.
+    /// Layers the publisher was last told to encode, lowest first.
     pub active: Vec<bool>,
+    /// Which layers it should encode, and the remembered rates of those it does not.
+    pub dynacast: Dynacast,
     /// The bitrate each camera layer is encoded at, from its subscribers' room (`bwe::shape`).
     pub shaper: LayerShaper,
     /// Recent audio payloads, for the redundancy each subscriber gets (audio only).

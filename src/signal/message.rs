@@ -180,8 +180,10 @@ pub enum ServerMessage {
         fatal: bool,
     },
     Pong,
-    /// Dynacast: encode only these simulcast layers of the track at `mid` (rids); layers nobody
-    /// receives are paused so a weak uplink carries only what is watched. `max_kbps` (the
+    /// Dynacast: encode only these simulcast layers of the track at `mid` (rids); a layer no
+    /// subscriber takes (none's bandwidth allocation settled on it) is paused a few seconds after
+    /// the last one left it, so a weak uplink carries only what is watched and the highest layer
+    /// taken gets the encoder's full rate. `max_kbps` (the
     /// teacher's camera only): layers whose subscribers all have room for more, and the most to
     /// encode each at (kbit/s); the client keeps its own setting as a floor and caps the raise
     /// (the teacher page: 3 × its own maxBitrate). A layer missing from it goes back to the

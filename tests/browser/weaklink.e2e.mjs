@@ -529,6 +529,18 @@ function check(rows, res) {
   const followed = peaks.filter((p) => p.ownKbps > 0 && p.peakKbps > 1.3 * p.ownKbps);
   if (!followed.length) fail('no raised teacher layer sent over 1.3 × its own maxBitrate', peaks);
   log(`OK layer shaping: ${followed.map((p) => `${p.rid} up to ${p.peakKbps} kbit/s (own ${p.ownKbps})`).join(', ')}`);
+  // 6. Dynacast by what is taken: during the cap the classroom took the lowest layer only, so the
+  // teacher was told to encode it alone, and stopped sending the others; after the cap a higher
+  // layer was switched back on.
+  const told = messages.teacher.filter((m) => m.type === 'publish_layers').map((m) => ({ s: +rel(m.t).toFixed(2), active: m.active }));
+  const alone = told.find((m) => m.s > c.dropS && m.s < c.restoreS && m.active.length === 1);
+  if (!alone) fail('during the cap the teacher was never told to encode its lowest layer alone', told);
+  const stoppedAt = res.timeline.filter((x) => x.s >= alone.s + 2 && x.s < c.restoreS);
+  const stillSent = stoppedAt.filter((x) => Object.entries(x.pub || {}).some(([rid, kbps]) => !alone.active.includes(rid) && kbps > 0));
+  if (!stoppedAt.length || stillSent.length) fail('the teacher kept sending a layer it was told to stop', { alone, stillSent: stillSent.slice(0, 3) });
+  const back = told.find((m) => m.s > c.restoreS && m.active.length > 1);
+  if (!back) fail('after the cap no higher teacher layer was switched back on', told);
+  log(`OK dynacast: lowest layer alone from ${(alone.s - c.dropS).toFixed(2)} s into the cap (${stoppedAt.length} s with nothing else sent), ${back.active.join('+')} from ${(back.s - c.restoreS).toFixed(2)} s after it`);
 }
 
 function dumpLogs() {

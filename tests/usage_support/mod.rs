@@ -1,7 +1,7 @@
 //! Shared fixtures for the usage tests.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -62,12 +62,39 @@ pub fn directory() -> Directory {
 /// 2025-09-01 08:00 in Asia/Shanghai.
 pub const T0: i64 = 1_756_684_800_000;
 
-/// A fresh database path under the system temp dir.
-pub fn temp_db(name: &str) -> PathBuf {
+/// A database path in a fresh directory under the system temp dir; the directory goes when
+/// this is dropped, so test runs leave nothing behind.
+pub struct TempDb {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl TempDb {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TempDb {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A fresh database under the system temp dir, named after the test and the process (cleared
+/// first: a recycled pid must not hand a test another run's data).
+pub fn temp_db(name: &str) -> TempDb {
     let dir = std::env::temp_dir().join(format!("tongbu-usage-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join("usage.db")
+    let path = dir.join("usage.db");
+    TempDb { dir, path }
 }
 
 #[derive(Clone)]
