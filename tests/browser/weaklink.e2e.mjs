@@ -133,7 +133,7 @@ function classroomSampler(everyMs) {
         let rep;
         try { rep = await t.pc.getStats(); } catch { rep = null; }
         if (rep) {
-          const r = { t: Date.now(), aP: 0, aL: 0, aC: 0, aS: 0, aJ: 0, vF: 0, vR: 0, vW: 0, vB: 0, vN: 0, vL: 0, vP: 0, vFz: 0, vFzD: 0, vRtx: 0, tB: 0, tP: 0 };
+          const r = { t: Date.now(), aP: 0, aL: 0, aC: 0, aS: 0, aJ: 0, vF: 0, vR: 0, vW: 0, vB: 0, vN: 0, vL: 0, vP: 0, vFz: 0, vFzD: 0, vRtx: 0, vJ: 0, vJT: 0, vJE: 0, vD: 0, vK: 0, tB: 0, tP: 0 };
           let best = -1;
           rep.forEach((x) => {
             if (x.type === 'inbound-rtp') {
@@ -148,6 +148,9 @@ function classroomSampler(everyMs) {
                 r.vN += x.nackCount || 0; r.vL += x.packetsLost || 0; r.vP += x.packetsReceived || 0;
                 r.vFz += x.freezeCount || 0; r.vFzD += x.totalFreezesDuration || 0;
                 r.vRtx += x.retransmittedPacketsReceived || 0;
+                // Jitter buffer and drops: what a stall with whole frames arriving is made of.
+                r.vJ += x.jitterBufferDelay || 0; r.vJT += x.jitterBufferTargetDelay || 0; r.vJE += x.jitterBufferEmittedCount || 0;
+                r.vD += x.framesDropped || 0; r.vK += x.keyFramesDecoded || 0;
                 if ((x.packetsReceived || 0) > best) { best = x.packetsReceived || 0; r.vW = x.frameWidth || 0; }
               }
             } else if (x.type === 'transport') {
@@ -344,6 +347,8 @@ function metrics(cls, tea) {
       s, link: Math.round(rateAt(s) / 1000), w: r1.vW, fps: Math.round((r1.vF - r0.vF) / dt),
       kbps: Math.round((r1.tB - r0.tB + 28 * (r1.tP - r0.tP)) * 8 / dt / 1000),
       aPkts: r1.aP - r0.aP, nack: r1.vN - r0.vN,
+      // Video jitter buffer over the second: held per frame / its target, ms.
+      jb: r1.vJE > r0.vJE ? `${Math.round(1000 * (r1.vJ - r0.vJ) / (r1.vJE - r0.vJE))}/${Math.round(1000 * (r1.vJT - r0.vJT) / (r1.vJE - r0.vJE))}` : null,
       est: link ? link.estimate_kbps : null, loss: link ? +link.loss_pct.toFixed(1) : null, rtt: link ? link.rtt_ms : null,
       layer: qc ? (qc.paused ? 'P' : qc.layer) : null,
       pubEst: t1 ? Math.round(t1.aob / 1000) : null, pub: sendKbps,

@@ -318,12 +318,12 @@ fn main() -> anyhow::Result<()> {
     }
     if args.timeline {
         println!();
-        println!("Timelines (every 2 s; s = seconds on the link's clock): link kbit/s | received width, fps, kbit/s, audio packets | server estimate, loss %, RTT, layer (P = paused) | teacher send-side estimate, per-rid send kbit/s");
+        println!("Timelines (every 2 s; s = seconds on the link's clock): link kbit/s | received width, fps, kbit/s, audio packets | server estimate, loss %, RTT, layer (P = paused) | teacher send-side estimate, per-rid send kbit/s | video jitter buffer: ms held per frame / its target");
         for (label, tl) in &timelines {
             println!("-- {label}");
             for t in tl.as_array().into_iter().flatten().step_by(2) {
                 println!(
-                    "  {:>3} {:>5} | {:>4} {:>2} {:>5} {:>3} | {:>5} {:>5} {:>4} {:>2} | {:>5} {}",
+                    "  {:>3} {:>5} | {:>4} {:>2} {:>5} {:>3} | {:>5} {:>5} {:>4} {:>2} | {:>5} {} | {}",
                     f(&t["s"], ""),
                     f(&t["link"], ""),
                     f(&t["w"], ""),
@@ -336,6 +336,7 @@ fn main() -> anyhow::Result<()> {
                     f(&t["layer"], ""),
                     f(&t["pubEst"], ""),
                     t["pub"],
+                    f(&t["jb"], ""),
                 );
             }
         }
