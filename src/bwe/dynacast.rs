@@ -103,7 +103,7 @@ impl Dynacast {
             // A starved layer is tried again now and then, where someone takes the one below.
             let retry = !layer.on
                 && layer.remembered.is_some_and(|r| r.choppy)
-                && taken.is_some_and(|t| index as u8 <= t + 1)
+                && taken.is_some_and(|t| index as u8 <= t.saturating_add(1))
                 && layer
                     .taken_at
                     .is_some_and(|t| now.saturating_duration_since(t) >= CHOPPY_RETRY);
