@@ -256,7 +256,7 @@ mod tests {
             t0 + Duration::from_secs(2),
             now - t0 - Duration::from_secs(2),
             0,
-            200,
+            SIZES[0],
         );
         assert_eq!(
             dynacast.update(now, &rates, Some(0), 3, 0.6),

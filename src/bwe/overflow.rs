@@ -8,8 +8,7 @@
 //! milliseconds of sends (str0m's `recent_feedback`), not from the once-a-second loss average.
 //! Two such readings in a row bound the rate; a collapse shows sooner in an early reading of
 //! only the newest sends, taken between ticks and after each regular one, where most of them
-//! are lost. Pure logic: feedback
-//! and time in, a bound out.
+//! are lost. Pure logic: feedback and time in, a bound out.
 
 use std::time::{Duration, Instant};
 

@@ -156,7 +156,9 @@ impl LayerRates {
         })
     }
 
-    /// Every available layer, ascending: the `layers` of a [`super::TrackDemand`].
+    /// Every available layer, ascending (the allocator takes them through
+    /// `Dynacast::offered`, which also prices layers switched off).
+    #[cfg(test)]
     pub fn bitrates(&self, now: Instant) -> Vec<LayerBitrate> {
         (0..MAX_LAYERS as u8)
             .filter_map(|layer| self.layer(now, layer))

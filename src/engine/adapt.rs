@@ -1,6 +1,6 @@
 //! Bandwidth adaptation, applied: per subscriber, str0m's estimate goes through the allocator
 //! (`bwe::allocate`) into each received video's layer selector; publishers are told which
-//! simulcast layers anyone watches (dynacast); audio redundancy is costed by loss; pages
+//! simulcast layers their subscribers take (dynacast); audio redundancy is costed by loss; pages
 //! are told what they receive and the teacher how each classroom's link looks.
 
 use std::time::Instant;
@@ -123,11 +123,7 @@ impl Engine {
                 _ => Priority::Classroom,
             };
             let camera = sub.kind == MediaKind::Video && sub.source != SourceKind::Screen;
-            let choppy_ratio = if camera {
-                self.tuning.choppy_ratio
-            } else {
-                0.0
-            };
+            let choppy_ratio = choppy_ratio(self.tuning.choppy_ratio, sub.kind, sub.source);
             let mut layers = published
                 .dynacast
                 .offered(now, &published.rates, choppy_ratio);
@@ -427,24 +423,19 @@ impl Engine {
                 updates.push((*pub_id, track.mid, taken));
             }
         }
-        let camera_choppy_ratio = self.tuning.choppy_ratio;
+        let tuning_ratio = self.tuning.choppy_ratio;
         for (pub_id, mid, taken) in updates {
             let Some(track) = self.published_mut(pub_id, mid) else {
                 continue;
             };
+            let choppy_ratio = choppy_ratio(tuning_ratio, track.kind, track.source);
             let count = track.layers.len();
-            let choppy_ratio = if track.source == SourceKind::Screen {
-                0.0
-            } else {
-                camera_choppy_ratio
-            };
-            track
-                .dynacast
-                .update(now, &track.rates, taken, count, choppy_ratio);
-            let active = track.dynacast.active(count);
-            if active != track.active {
+            if let Some(active) =
+                track
+                    .dynacast
+                    .update(now, &track.rates, taken, count, choppy_ratio)
+            {
                 tracing::debug!(%pub_id, %mid, ?active, "dynacast");
-                track.active = active;
                 let msg = publish_layers(track);
                 self.send(pub_id, msg);
             }
@@ -588,14 +579,24 @@ fn apply_pacing_cap(peer: &mut Peer, adaptation: bool) -> bool {
     true
 }
 
+/// `Tuning::choppy_ratio` for a camera; 0 (the rule off) for audio and screen shares, whose
+/// text needs the pixels more than the frames.
+fn choppy_ratio(tuning_ratio: f64, kind: MediaKind, source: SourceKind) -> f64 {
+    if kind == MediaKind::Video && source != SourceKind::Screen {
+        tuning_ratio
+    } else {
+        0.0
+    }
+}
+
 /// What a publisher is told of one track: the layers to encode and the bitrates shaped ones
 /// may take.
 fn publish_layers(track: &Published) -> ServerMessage {
     let active = track
         .layers
         .iter()
-        .zip(&track.active)
-        .filter(|(_, on)| **on)
+        .zip(track.dynacast.active(track.layers.len()))
+        .filter(|(_, on)| *on)
         .filter_map(|(r, _)| r.map(|r| r.to_string()))
         .collect();
     let max_kbps = track

@@ -73,7 +73,6 @@ impl Engine {
             mid: added.mid,
             kind,
             source,
-            active: vec![true; layers.len()],
             layers,
             rates: LayerRates::new(&self.tuning),
             dynacast: Default::default(),

@@ -36,9 +36,9 @@ use crate::usage::event::UsageEvent;
 
 /// Outbound messages queued per connection before the engine gives up on a slow reader.
 pub const OUTBOX_CAPACITY: usize = 256;
-/// Usage samples, dynacast and quality reports run this often.
+/// Usage samples and quality reports run this often.
 const TICK: Duration = Duration::from_secs(1);
-/// Layer selectors' holds and keyframe waits are checked this often.
+/// Layer selectors' holds and keyframe waits are checked, and dynacast decided, this often.
 const ADAPT_TICK: Duration = Duration::from_millis(200);
 /// Early readings of each subscriber's newest feedback, for a collapsing link, run this often:
 /// a collapse is bounded soon after its feedback arrives, not at the next adaptation tick.

@@ -51,9 +51,8 @@ pub struct Published {
     pub layers: Vec<Option<Rid>>,
     /// Measured bitrate per layer.
     pub rates: LayerRates,
-    /// Layers the publisher was last told to encode, lowest first.
-    pub active: Vec<bool>,
-    /// Which layers it should encode, and the remembered rates of those it does not.
+    /// Which layers the publisher encodes (`Dynacast::active`), and the remembered rates of
+    /// those it does not.
     pub dynacast: Dynacast,
     /// The bitrate each camera layer is encoded at, from its subscribers' room (`bwe::shape`).
     pub shaper: LayerShaper,
