@@ -5,6 +5,7 @@ mod common;
 mod e2e_support;
 
 use std::time::Duration;
+use str0m::media::Mid;
 
 use common::{TestClient, CLASSROOM_LAYERS, TEACHER_LAYERS};
 
@@ -19,25 +20,24 @@ async fn lesson() -> (server::RunningServer, TestClient, TestClient, TestClient)
     let srv = server::start(ServerConfig::ephemeral())
         .await
         .expect("server starts");
-    let teacher = TestClient::connect(
-        srv.http_addr,
-        common::join_as_teacher(&srv),
-        &TEACHER_LAYERS,
-    )
-    .await;
-    let a = TestClient::connect(
-        srv.http_addr,
-        common::join_by_code(&srv, 0),
-        &CLASSROOM_LAYERS,
-    )
-    .await;
-    let b = TestClient::connect(
-        srv.http_addr,
-        common::join_by_code(&srv, 1),
-        &CLASSROOM_LAYERS,
-    )
-    .await;
+    let teacher = teacher(&srv).await;
+    let a = classroom(&srv, 0).await;
+    let b = classroom(&srv, 1).await;
     (srv, teacher, a, b)
+}
+
+async fn teacher(srv: &server::RunningServer) -> TestClient {
+    TestClient::connect(srv.http_addr, common::join_as_teacher(srv), &TEACHER_LAYERS).await
+}
+
+/// The demo lesson's classroom `i`, joined by code.
+async fn classroom(srv: &server::RunningServer, i: usize) -> TestClient {
+    TestClient::connect(
+        srv.http_addr,
+        common::join_by_code(srv, i),
+        &CLASSROOM_LAYERS,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,5 +445,65 @@ async fn large_opus_frames_are_forwarded_without_harm() {
             red_packets()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A classroom whose handshake takes long (a satellite link needs several 600 ms round trips)
+/// gets media from the moment it is connected, not a backlog of what was forwarded before: a
+/// burst of old frames sets a browser's clock estimate off for minutes (video stalls every few
+/// seconds) and starts its audio seconds late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_starts_at_connection_without_a_backlog() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let srv = server::start(ServerConfig::ephemeral())
+        .await
+        .expect("server starts");
+    let _teacher = teacher(&srv).await;
+    let a = classroom(&srv, 0).await;
+    // Nothing from the server's UDP side arrives: ICE and DTLS cannot complete, while
+    // signaling (over the websocket) negotiates the teacher's tracks.
+    a.set_incoming_loss(1.0);
+    a.wait_for("the teacher's tracks", Duration::from_secs(10), |s| {
+        (s.tracks.values().filter(|t| t.from_teacher).count() >= 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.set_incoming_loss(0.0);
+
+    for (kind, clock) in [(MediaKind::Audio, 48_000.0), (MediaKind::Video, 90_000.0)] {
+        let teacher_mid = |s: &common::ClientState| {
+            s.tracks
+                .values()
+                .find(|t| t.from_teacher && t.kind == kind)
+                .map(|t| Mid::from(t.mid.as_str()))
+        };
+        let frames = a
+            .wait_for("30 frames", Duration::from_secs(10), |s| {
+                let mid = teacher_mid(s)?;
+                let frames: Vec<_> = s
+                    .received
+                    .iter()
+                    .filter(|r| r.mid == mid)
+                    .take(30)
+                    .cloned()
+                    .collect();
+                (frames.len() == 30).then_some(frames)
+            })
+            .await;
+        // How far the media time runs ahead of the arrival time, from the first frame on: a
+        // backlog flushed at connection runs ahead by the seconds it waited.
+        let first = &frames[0];
+        let ahead = frames
+            .iter()
+            .map(|f| {
+                let media = (f.rtp_time as f64 - first.rtp_time as f64) / clock;
+                media - f.at.duration_since(first.at).as_secs_f64()
+            })
+            .fold(f64::MIN, f64::max);
+        assert!(
+            ahead < 0.3,
+            "{kind:?}: the first 30 frames carry {ahead:.2} s more media time than they took to \
+             arrive (a backlog from before the connection)"
+        );
     }
 }

@@ -219,7 +219,11 @@ impl Engine {
             if sub_id == publisher {
                 continue;
             }
-            let Some(peer) = conns.get_mut(&sub_id).and_then(|c| c.peer.as_mut()) else {
+            let Some(peer) = conns
+                .get_mut(&sub_id)
+                .and_then(|c| c.peer.as_mut())
+                .filter(|p| p.connected)
+            else {
                 continue;
             };
             let Peer {

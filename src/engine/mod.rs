@@ -643,6 +643,12 @@ impl Engine {
                     self.metrics.nacks.inc_by(stats.nacks.saturating_sub(last));
                 }
             }
+            Event::Connected => {
+                tracing::debug!(%id, "connected");
+                if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
+                    peer.connected = true;
+                }
+            }
             Event::IceConnectionStateChange(state) => {
                 tracing::debug!(%id, ?state, "ICE state");
                 if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {

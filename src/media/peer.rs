@@ -180,6 +180,10 @@ pub struct Peer {
     pub last_quality: Vec<TrackQuality>,
     /// Since when ICE has been disconnected, if it is.
     pub ice_lost_since: Option<Instant>,
+    /// ICE and DTLS have come up once. Media is forwarded only from then on: what is written
+    /// before would wait in str0m's queue (seconds of it on a long-RTT link's handshakes) and
+    /// then arrive in one burst, which sets the browser's clock estimate off for minutes.
+    pub connected: bool,
     /// NACKs received so far per outgoing stream, to count new ones.
     pub egress_nacks: std::collections::HashMap<(Mid, Option<Rid>), u64>,
     /// Sources announced with the client's last offer, by mid.
@@ -210,6 +214,7 @@ impl Peer {
             bwe_rates: None,
             last_quality: Vec::new(),
             ice_lost_since: None,
+            connected: false,
             egress_nacks: Default::default(),
             announced: Vec::new(),
         }

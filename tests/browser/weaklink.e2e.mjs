@@ -133,7 +133,7 @@ function classroomSampler(everyMs) {
         let rep;
         try { rep = await t.pc.getStats(); } catch { rep = null; }
         if (rep) {
-          const r = { t: Date.now(), aP: 0, aL: 0, aC: 0, aS: 0, aJ: 0, vF: 0, vR: 0, vW: 0, vB: 0, vN: 0, vL: 0, vP: 0, vFz: 0, vFzD: 0, vRtx: 0, vJ: 0, vJT: 0, vJE: 0, vD: 0, vK: 0, tB: 0, tP: 0 };
+          const r = { t: Date.now(), aP: 0, aL: 0, aC: 0, aS: 0, aJ: 0, vF: 0, vR: 0, vW: 0, vB: 0, vN: 0, vL: 0, vP: 0, vFz: 0, vFzD: 0, vRtx: 0, vJ: 0, vJT: 0, vJE: 0, vJM: 0, vD: 0, vK: 0, aJd: 0, aJT: 0, aJE: 0, tB: 0, tP: 0 };
           let best = -1;
           rep.forEach((x) => {
             if (x.type === 'inbound-rtp') {
@@ -143,6 +143,7 @@ function classroomSampler(everyMs) {
                 r.aP += x.packetsReceived || 0; r.aL += x.packetsLost || 0;
                 r.aC += x.concealedSamples || 0; r.aS += x.totalSamplesReceived || 0;
                 r.aJ += x.jitterBufferDelay && x.jitterBufferEmittedCount ? x.jitterBufferDelay / x.jitterBufferEmittedCount : 0;
+                r.aJd += x.jitterBufferDelay || 0; r.aJT += x.jitterBufferTargetDelay || 0; r.aJE += x.jitterBufferEmittedCount || 0;
               } else if (x.kind === 'video') {
                 r.vF += x.framesDecoded || 0; r.vR += x.framesReceived || 0; r.vB += x.bytesReceived || 0;
                 r.vN += x.nackCount || 0; r.vL += x.packetsLost || 0; r.vP += x.packetsReceived || 0;
@@ -150,6 +151,7 @@ function classroomSampler(everyMs) {
                 r.vRtx += x.retransmittedPacketsReceived || 0;
                 // Jitter buffer and drops: what a stall with whole frames arriving is made of.
                 r.vJ += x.jitterBufferDelay || 0; r.vJT += x.jitterBufferTargetDelay || 0; r.vJE += x.jitterBufferEmittedCount || 0;
+                r.vJM += x.jitterBufferMinimumDelay || 0;
                 r.vD += x.framesDropped || 0; r.vK += x.keyFramesDecoded || 0;
                 if ((x.packetsReceived || 0) > best) { best = x.packetsReceived || 0; r.vW = x.frameWidth || 0; }
               }

@@ -73,6 +73,10 @@ struct Args {
     /// also on when the environment has LINKEM_LOG_LOST (for runs started by a harness).
     #[arg(long)]
     log_lost: bool,
+    /// Print each RTP packet delivered on the downlink on stderr (wall-clock ms with µs, RTP
+    /// header with timestamp); also on when the environment has LINKEM_LOG_DELIVERED.
+    #[arg(long)]
+    log_delivered: bool,
     /// Print the profiles and exit.
     #[arg(long)]
     list_profiles: bool,
@@ -160,6 +164,7 @@ fn main() -> anyhow::Result<()> {
     cfg.mtu = args.mtu;
     cfg.ipv6 = args.ipv6;
     cfg.log_lost = args.log_lost || std::env::var_os("LINKEM_LOG_LOST").is_some();
+    cfg.log_delivered = args.log_delivered || std::env::var_os("LINKEM_LOG_DELIVERED").is_some();
     let mut relay = Relay::setup(&cfg).context("setting up TUN devices")?;
 
     // A closed stdout must not stop the relay, hence no println!.

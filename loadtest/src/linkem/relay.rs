@@ -57,6 +57,9 @@ pub struct RelayConfig {
     /// Print each packet lost at random (not queue drops) on stderr, with its RTP header when
     /// it carries RTP: to match a receiver's freezes to the packets behind them.
     pub log_lost: bool,
+    /// Print each RTP packet delivered on the downlink on stderr (wall-clock µs and header):
+    /// to see how a receiver's arrivals track the sender's timestamps.
+    pub log_delivered: bool,
 }
 
 impl RelayConfig {
@@ -72,6 +75,7 @@ impl RelayConfig {
             down,
             up,
             log_lost: false,
+            log_delivered: false,
         }
     }
 }
@@ -92,6 +96,7 @@ pub struct Relay {
     up: LinkModel<Vec<u8>>,
     write_errors: u64,
     log_lost: bool,
+    log_delivered: bool,
 }
 
 impl Relay {
@@ -123,6 +128,7 @@ impl Relay {
             up: LinkModel::new(cfg.up.clone(), start)?,
             write_errors: 0,
             log_lost: cfg.log_lost,
+            log_delivered: cfg.log_delivered,
         })
     }
 
@@ -151,8 +157,9 @@ impl Relay {
                     break;
                 }
             }
-            self.write_errors += release(&mut self.down, &self.b, now);
-            self.write_errors += release(&mut self.up, &self.a, now);
+            let log_down = self.log_delivered.then_some("down");
+            self.write_errors += release(&mut self.down, &self.b, now, log_down);
+            self.write_errors += release(&mut self.up, &self.a, now, None);
 
             let next = [self.down.next_release(), self.up.next_release()]
                 .into_iter()
@@ -238,13 +245,23 @@ fn ingest(
     Ok(())
 }
 
-/// Writes every packet due by `now` to `out`; returns the number of failed writes.
-fn release(model: &mut LinkModel<Vec<u8>>, out: &Tun, now: Instant) -> u64 {
+/// Writes every packet due by `now` to `out`; returns the number of failed writes. Logs the RTP
+/// packets written when `log_delivered` names the direction.
+fn release(
+    model: &mut LinkModel<Vec<u8>>,
+    out: &Tun,
+    now: Instant,
+    log_delivered: Option<&str>,
+) -> u64 {
     let mut errors = 0;
     while let Some(p) = model.pop_ready(now) {
         // A failed write (e.g. device going down) is a lost packet, as on a real link.
         if out.send(&p).is_err() {
             errors += 1;
+        } else if let Some(dir) = log_delivered {
+            if RtpHeader::parse(&p).is_some() {
+                eprintln!("{}", packet_line("delivered", dir, SystemTime::now(), &p));
+            }
         }
     }
     errors
@@ -257,6 +274,7 @@ pub struct RtpHeader {
     pub payload_type: u8,
     pub marker: bool,
     pub seq: u16,
+    pub timestamp: u32,
     pub ssrc: u32,
 }
 
@@ -278,6 +296,7 @@ impl RtpHeader {
             payload_type: rtp[1] & 0x7f,
             marker: rtp[1] & 0x80 != 0,
             seq: u16::from_be_bytes([rtp[2], rtp[3]]),
+            timestamp: u32::from_be_bytes([rtp[4], rtp[5], rtp[6], rtp[7]]),
             ssrc: u32::from_be_bytes([rtp[8], rtp[9], rtp[10], rtp[11]]),
         })
     }
@@ -286,15 +305,27 @@ impl RtpHeader {
 /// One `--log-lost` line: wall-clock milliseconds (to match browser samples), direction, size
 /// and the RTP header if any. SRTP leaves the header in the clear.
 pub fn lost_line(dir: &str, at: SystemTime, packet: &[u8]) -> String {
-    let ms = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    let head = format!("linkem lost t={ms} dir={dir} len={}", packet.len());
+    packet_line("lost", dir, at, packet)
+}
+
+/// One packet log line: what happened to it, wall-clock milliseconds with microseconds,
+/// direction, size and the RTP header if any.
+pub fn packet_line(what: &str, dir: &str, at: SystemTime, packet: &[u8]) -> String {
+    let us = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    let head = format!(
+        "linkem {what} t={}.{:03} dir={dir} len={}",
+        us / 1000,
+        us % 1000,
+        packet.len()
+    );
     match RtpHeader::parse(packet) {
         Some(h) => format!(
-            "{head} dport={} pt={} m={} seq={} ssrc={}",
+            "{head} dport={} pt={} m={} seq={} ts={} ssrc={}",
             h.dst_port,
             h.payload_type,
             u8::from(h.marker),
             h.seq,
+            h.timestamp,
             h.ssrc
         ),
         None => head,
@@ -391,13 +422,15 @@ mod tests {
                 payload_type: 96,
                 marker: true,
                 seq: 0x1234,
+                timestamp: 1,
                 ssrc: 0xdead_beef
             })
         );
         let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let later = at + Duration::from_micros(4_567);
         assert_eq!(
             lost_line("down", at, &packet),
-            "linkem lost t=1700000000123 dir=down len=41 dport=5000 pt=96 m=1 seq=4660 ssrc=3735928559"
+            "linkem lost t=1700000000123.000 dir=down len=41 dport=5000 pt=96 m=1 seq=4660 ts=1 ssrc=3735928559"
         );
         // RTCP (a receiver report), STUN, a cut header, IPv6, TCP: no RTP fields, no panic.
         let rtcp = udp_packet(&[0x81, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2]);
@@ -412,7 +445,11 @@ mod tests {
         assert_eq!(RtpHeader::parse(&[]), None);
         assert_eq!(
             lost_line("up", at, &stun),
-            "linkem lost t=1700000000123 dir=up len=40"
+            "linkem lost t=1700000000123.000 dir=up len=40"
+        );
+        assert_eq!(
+            packet_line("delivered", "down", later, &packet),
+            "linkem delivered t=1700000000127.567 dir=down len=41 dport=5000 pt=96 m=1 seq=4660 ts=1 ssrc=3735928559"
         );
     }
 
