@@ -129,6 +129,7 @@ impl Engine {
             dirty,
             metrics,
             tuning,
+            crashed,
             ..
         } = self;
         let tuning = &*tuning;
@@ -207,6 +208,8 @@ impl Engine {
         let mut wanted_keyframes: u8 = 0;
         let key = TrackKey { publisher, mid };
         let in_seq = *packet.seq_no;
+        // Subscribers whose `Rtc` panicked while writing: dropped after the loop.
+        let mut crashed_now: Vec<ConnId> = Vec::new();
         let ext_vals = ExtensionValues {
             audio_level: packet.header.ext_vals.audio_level,
             voice_activity: packet.header.ext_vals.voice_activity,
@@ -394,35 +397,52 @@ impl Engine {
             let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
                 continue;
             };
-            tx.write_rtp(
-                write
-                    .marker(packet.header.marker)
-                    .ext_vals(ext_vals.clone()),
-            );
-            metrics.packets_out.inc();
-            metrics.bytes_out.inc_by(bytes as u64);
-            if let (Some((red_pt, out_time, base_layer)), Some(video)) =
-                (fec_after, sub.video.as_mut())
-            {
-                // The frame is complete: the FEC packets of the base frame before it follow it,
-                // numbered right after it.
-                for fec in video.fec.on_frame_end(*fec_rate, base_layer) {
-                    let Some(fec_seq) = sub.seq.insert_after(in_seq) else {
-                        break;
-                    };
-                    let empty = fec_payload
-                        .get_or_insert_with(|| Arc::from(&[][..]))
-                        .clone();
-                    tx.write_rtp(
-                        RtpWrite::new(red_pt, fec_seq.into(), out_time, packet.timestamp, empty)
+            // A panic in str0m's writer is contained to this subscriber, as for its input and
+            // output: one loop serves every lesson on the node.
+            let written = super::contained(sub_id, || {
+                tx.write_rtp(
+                    write
+                        .marker(packet.header.marker)
+                        .ext_vals(ext_vals.clone()),
+                );
+                metrics.packets_out.inc();
+                metrics.bytes_out.inc_by(bytes as u64);
+                if let (Some((red_pt, out_time, base_layer)), Some(video)) =
+                    (fec_after, sub.video.as_mut())
+                {
+                    // The frame is complete: the FEC packets of the base frame before it follow it,
+                    // numbered right after it.
+                    for fec in video.fec.on_frame_end(*fec_rate, base_layer) {
+                        let Some(fec_seq) = sub.seq.insert_after(in_seq) else {
+                            break;
+                        };
+                        let empty = fec_payload
+                            .get_or_insert_with(|| Arc::from(&[][..]))
+                            .clone();
+                        tx.write_rtp(
+                            RtpWrite::new(
+                                red_pt,
+                                fec_seq.into(),
+                                out_time,
+                                packet.timestamp,
+                                empty,
+                            )
                             .ulpfec(fec.base.into(), fec.mask),
-                    );
-                    metrics.fec_packets.inc();
+                        );
+                        metrics.fec_packets.inc();
+                    }
                 }
+            });
+            if written.is_none() {
+                crashed_now.push(sub_id);
+                continue;
             }
             mark_dirty_in(conns, dirty, sub_id);
         }
 
+        for id in crashed_now {
+            super::crash_in(conns, crashed, id);
+        }
         if let Incoming::Audio { history, .. } = incoming {
             if let Some(track) = conns
                 .get_mut(&publisher)

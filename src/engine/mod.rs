@@ -403,10 +403,7 @@ impl Engine {
 
     /// Takes a peer whose `Rtc` panicked out at once: nothing may touch its state again.
     pub(crate) fn crash(&mut self, id: ConnId) {
-        if let Some(conn) = self.conns.get_mut(&id) {
-            conn.peer = None;
-        }
-        self.crashed.push(id);
+        crash_in(&mut self.conns, &mut self.crashed, id);
     }
 
     fn peer_accepts(&self, id: ConnId, input: &Input) -> bool {
@@ -691,6 +688,14 @@ pub(crate) fn host_candidates(udp: &[SocketAddr], tcp: &[SocketAddr]) -> Vec<Can
             .ok()
     });
     udp.chain(tcp).collect()
+}
+
+/// [`Engine::crash`] for callers holding the engine's fields apart.
+pub(crate) fn crash_in(conns: &mut HashMap<ConnId, Conn>, crashed: &mut Vec<ConnId>, id: ConnId) {
+    if let Some(conn) = conns.get_mut(&id) {
+        conn.peer = None;
+    }
+    crashed.push(id);
 }
 
 /// Runs a call into one peer's `Rtc`, containing a panic inside str0m to that peer (`None`):
