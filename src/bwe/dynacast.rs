@@ -15,7 +15,7 @@
 //! layer holds its keyframe and the encoder's ramp, and a price read from them would send the
 //! subscriber straight back down. A layer whose rate was never measured is never switched off.
 //! One its encoder starved (`LayerRates::choppy`) is not offered while off, and is tried again
-//! every [`CHOPPY_RETRY`].
+//! after [`CHOPPY_RETRY`], twice as long after each try that finds it starved again.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,10 @@ pub const LINGER: Duration = Duration::from_secs(4);
 /// (switched on for [`LINGER`], not offered until it measures smooth): a teacher's picture that
 /// got simpler may now fit its layer's rate.
 pub const CHOPPY_RETRY: Duration = Duration::from_secs(60);
+/// Longest wait between tries of a layer that stays starved. A try costs the layer below: while
+/// a higher layer is encoded, Chromium sends the lower one at 0.7–0.9 of its maxBitrate (village
+/// 4G bench: the 640 px layer fell from ~650 to ~450 kbit/s for the 4–5 s of each try).
+pub const CHOPPY_RETRY_MAX: Duration = Duration::from_secs(600);
 /// How long a layer switched back on is priced at its remembered rate: a 1 s rate window that
 /// no longer holds the restart's keyframe, and the time the encoder takes to start it.
 pub const WAKE: Duration = Duration::from_millis(2500);
@@ -46,6 +50,8 @@ struct LayerState {
     woken_at: Option<Instant>,
     /// Its rate the last time it was measured settled.
     remembered: Option<Remembered>,
+    /// How long a starved layer waits before its next try.
+    retry_after: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +69,7 @@ impl Default for LayerState {
             taken_at: None,
             woken_at: None,
             remembered: None,
+            retry_after: CHOPPY_RETRY,
         }
     }
 }
@@ -93,6 +100,9 @@ impl Dynacast {
                 if let Some(rate) = rates.layer(now, index as u8).filter(|l| l.bps > 0) {
                     let choppy = rates.choppy(now, index as u8, choppy_ratio);
                     layer.remembered = Some(Remembered { rate, choppy });
+                    if !choppy {
+                        layer.retry_after = CHOPPY_RETRY;
+                    }
                 }
             }
             // A publisher's first moments count as taken: its layers linger, and are measured,
@@ -100,15 +110,17 @@ impl Dynacast {
             if taken.is_some_and(|t| index as u8 <= t) || layer.taken_at.is_none() {
                 layer.taken_at = Some(now);
             }
-            // A starved layer is tried again now and then, where someone takes the one below.
+            // A starved layer is tried again now and then, where someone takes the one below;
+            // less often each time it is still starved (a smooth measurement resets the wait).
             let retry = !layer.on
                 && layer.remembered.is_some_and(|r| r.choppy)
                 && taken.is_some_and(|t| index as u8 <= t.saturating_add(1))
                 && layer
                     .taken_at
-                    .is_some_and(|t| now.saturating_duration_since(t) >= CHOPPY_RETRY);
+                    .is_some_and(|t| now.saturating_duration_since(t) >= layer.retry_after);
             if retry {
                 layer.taken_at = Some(now);
+                layer.retry_after = (layer.retry_after * 2).min(CHOPPY_RETRY_MAX);
             }
             let lingering = layer
                 .taken_at
@@ -165,11 +177,28 @@ mod tests {
 
     /// Frames of `bytes` on `layer` every 33 ms over `span`, from `from`.
     fn send(rates: &mut LayerRates, from: Instant, span: Duration, layer: u8, bytes: usize) {
+        send_every(rates, from, span, layer, bytes, FRAME);
+    }
+
+    /// The top layer as its encoder starves it: a third of the frame rate at three times the
+    /// frame size.
+    fn send_starved(rates: &mut LayerRates, from: Instant, span: Duration) {
+        send_every(rates, from, span, 2, SIZES[2] * 3, FRAME * 3);
+    }
+
+    fn send_every(
+        rates: &mut LayerRates,
+        from: Instant,
+        span: Duration,
+        layer: u8,
+        bytes: usize,
+        every: Duration,
+    ) {
         let mut t = from;
         while t < from + span {
             rates.on_media(t, layer, None, bytes);
             rates.on_frame_end(t, layer);
-            t += FRAME;
+            t += every;
         }
     }
 
@@ -312,13 +341,7 @@ mod tests {
         let span = Duration::from_secs(3);
         send(&mut rates, t0, span, 0, SIZES[0]);
         send(&mut rates, t0, span, 1, SIZES[1]);
-        // The top layer at a third of the frame rate: choppy.
-        let mut t = t0;
-        while t < t0 + span {
-            rates.on_media(t, 2, None, SIZES[2] * 3);
-            rates.on_frame_end(t, 2);
-            t += FRAME * 3;
-        }
+        send_starved(&mut rates, t0, span);
         let now = t0 + span;
         dynacast.update(now, &rates, Some(1), 3, 0.6);
         let layers = |d: &Dynacast, at, r: &LayerRates| -> Vec<u8> {
@@ -363,5 +386,34 @@ mod tests {
         }
         dynacast.update(smooth, &rates, Some(1), 3, 0.6);
         assert_eq!(layers(&dynacast, smooth, &rates), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn a_layer_starved_at_every_try_is_tried_half_as_often_each_time() {
+        let t0 = Instant::now();
+        let mut rates = LayerRates::new(&Tuning::default());
+        let mut dynacast = Dynacast::default();
+        let step = Duration::from_millis(200);
+        let mut tries = Vec::new();
+        let mut t = t0;
+        while t < t0 + Duration::from_secs(60 + 120 + 240 + 30) {
+            send(&mut rates, t, step, 0, SIZES[0]);
+            send(&mut rates, t, step, 1, SIZES[1]);
+            if dynacast.active(3)[2] {
+                send_starved(&mut rates, t, step);
+            }
+            t += step;
+            if dynacast
+                .update(t, &rates, Some(1), 3, 0.6)
+                .is_some_and(|active| active[2])
+            {
+                tries.push(t - t0);
+            }
+        }
+        let secs: Vec<u64> = tries.iter().map(|d| d.as_secs()).collect();
+        assert_eq!(secs.len(), 3, "tries at {secs:?} s");
+        let gaps: Vec<u64> = secs.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps, vec![120, 240], "tries at {secs:?} s");
+        assert!(secs[0] >= CHOPPY_RETRY.as_secs(), "tries at {secs:?} s");
     }
 }

@@ -254,6 +254,9 @@ function windowFigures(rows, a, b, pausedAt) {
     if (share < 0.5) silence = concealedMs;
   }
   const bits = (last.tB - first.tB + 28 * (last.tP - first.tP)) * 8;   // + IP/UDP headers, as the link counts
+  // How long audio waited in Chromium's jitter buffer, on average: what the link's jitter and
+  // any burst of late audio add to the classroom's delay.
+  const audioBufferMs = last.aJE > first.aJE ? Math.round(1000 * (last.aJd - first.aJd) / (last.aJE - first.aJE)) : null;
   return {
     spanS: +span.toFixed(2),
     audioDeliveredPct: dP + dL > 0 ? +(100 * dP / (dP + dL)).toFixed(2) : null,
@@ -271,6 +274,7 @@ function windowFigures(rows, a, b, pausedAt) {
     videoRetransmitted: last.vRtx - first.vRtx,
     chromeFreezes: last.vFz - first.vFz, chromeFreezeS: +(last.vFzD - first.vFzD).toFixed(2),
     receivedKbps: Math.round(bits / span / 1000),
+    audioBufferMs,
     utilizationPct: +(100 * bits / capacityBits(rel(first.t), rel(last.t))).toFixed(1),
   };
 }
@@ -291,6 +295,11 @@ function metrics(cls, tea) {
   const pausedAt = (s) => { const c = qualityAt(s); return !!(c && c.paused); };
   const topWidth = Math.max(0, ...rows.filter((r) => rel(r.t) >= cfg.measureFromS).map((r) => r.vW));
   const whole = windowFigures(rows, cfg.measureFromS, cfg.endS, pausedAt);
+  // The first ten seconds of audio, before the measured window: the delay a classroom joins with.
+  const firstAudio = rows.find((r) => r.aJE > 0);
+  const startAudioBufferMs = firstAudio
+    ? (windowFigures(rows, rel(firstAudio.t), rel(firstAudio.t) + 10, pausedAt) || {}).audioBufferMs ?? null
+    : null;
   const phases = [];
   const edges = [...cfg.schedule.map((e) => Math.max(e.atS, cfg.measureFromS)), cfg.endS];
   for (let i = 0; i + 1 < edges.length; i++) {
@@ -358,7 +367,7 @@ function metrics(cls, tea) {
       pubLim: t1 ? [...new Set(Object.values(t1.rids).map((v) => v.q))].join('/') : null,
     });
   }
-  return { label, topWidth, whole, phases, events, timeline };
+  return { label, topWidth, whole, startAudioBufferMs, phases, events, timeline };
 }
 
 // ------------------------------------------------------------------ run

@@ -1,7 +1,9 @@
 //! Weak-link scenario benchmark in real Chromium (issue 4): four emulated village links, each with
 //! adaptation on and with `tongbu serve --no-adaptation`, in one run. Prints per run: audio packets
 //! delivered and the longest gap between them, audio heard (after RED repair: samples Chromium
-//! did not conceal) and the longest silence, video freeze (decoded-frame gaps > 200 ms), time to
+//! did not conceal) and the longest silence, how long audio waited in Chromium's jitter buffer
+//! (the measured window, and the first ten seconds of audio: the delay a classroom joins with),
+//! video freeze (decoded-frame gaps > 200 ms), time to
 //! step down after a drop and back to the top layer after recovery, link utilization; then a
 //! per-second timeline of each run (received width/fps/kbps, the server's estimate, loss, RTT and
 //! layer, the teacher's send-side estimate and per-layer send rates).
@@ -212,12 +214,14 @@ fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{:<20} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>11} {:>7} {:>6} {:>6} {:>6} {:>9}",
+        "{:<20} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>11} {:>7} {:>6} {:>6} {:>6} {:>9}",
         "run",
         "audio%",
         "aGapMs",
         "heard%",
         "silMs",
+        "aBufMs",
+        "aBuf0Ms",
         "freeze%",
         "vGapMs",
         "fps",
@@ -247,12 +251,14 @@ fn main() -> anyhow::Result<()> {
             .map(|e| f(&e["topS"], ""))
             .unwrap_or_else(|| "n/a".into());
         println!(
-            "{:<20} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>11} {:>7} {:>6} {:>6} {:>6} {:>9}",
+            "{:<20} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>11} {:>7} {:>6} {:>6} {:>6} {:>9}",
             label,
             f(&w["audioDeliveredPct"], ""),
             f(&w["longestAudioGapMs"], ""),
             f(&w["audioHeardPct"], ""),
             f(&w["longestSilenceMs"], ""),
+            f(&w["audioBufferMs"], ""),
+            f(&r["startAudioBufferMs"], ""),
             f(&w["videoFreezePct"], ""),
             f(&w["longestVideoGapMs"], ""),
             f(&w["fps"], ""),
