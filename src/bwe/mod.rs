@@ -9,6 +9,7 @@
 //! - [`keyframe`]: keyframe requests throttled and shared across subscribers of a publisher layer.
 //! - [`shape`]: each camera layer encoded at what its subscribers have room for.
 //! - [`dynacast`]: which layers a publisher encodes: those its subscribers take.
+//! - [`outage`]: a link back from carrying nothing restarts near its old estimate.
 //!
 //! One estimate update runs `rates` → `allocate` → `select::LayerSelector::on_allocation`; every
 //! forwarded frame runs `LayerSelector::on_frame`; `LayerSelector::keyframe_request` goes through
@@ -17,6 +18,7 @@
 pub mod allocate;
 pub mod dynacast;
 pub mod keyframe;
+pub mod outage;
 pub mod overflow;
 pub mod queue;
 pub mod radio_loss;
@@ -32,6 +34,7 @@ pub use allocate::{
 };
 pub use dynacast::Dynacast;
 pub use keyframe::{keyframe_needed, KeyframeThrottle};
+pub use outage::OutageRecovery;
 pub use overflow::OverflowDetector;
 pub use queue::QueueGauge;
 pub use radio_loss::RadioLoss;

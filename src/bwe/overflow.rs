@@ -119,6 +119,12 @@ impl OverflowDetector {
         true
     }
 
+    /// Drops a bound (and the streak toward one): the link is known to carry more again.
+    pub fn lift(&mut self) {
+        self.cap = None;
+        self.streak = 0;
+    }
+
     /// What the link delivered while it overflowed lately; the allocation must not exceed it.
     pub fn cap_bps(&self) -> Option<u64> {
         self.cap.map(|(cap, _)| cap)

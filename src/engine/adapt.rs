@@ -9,7 +9,7 @@ use str0m::bwe::Bitrate;
 use str0m::media::Mid;
 
 use crate::bwe::{
-    allocate, overflow, LayerBitrate, LayerChoice as Choice, Priority, Room, TrackDemand,
+    allocate, outage, overflow, LayerBitrate, LayerChoice as Choice, Priority, Room, TrackDemand,
     MAX_LAYERS,
 };
 use crate::media::peer::{OutState, Peer, Published};
@@ -59,7 +59,17 @@ impl Engine {
         if let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) {
             tracing::trace!(%id, bps = estimate.as_u64(), "egress estimate");
             self.metrics.estimate_bps.observe(estimate.as_u64() as f64);
-            peer.estimate_bps = Some(estimate.as_u64());
+            // The estimate falls as an outage's late feedback arrives: restore it first, so the
+            // allocation never sees the fall (a pause would cost a hold and a keyframe).
+            if self.adaptation {
+                recover_from_outage(id, peer, now);
+            }
+            let floor = peer
+                .outage
+                .floor(now)
+                .filter(|_| self.adaptation)
+                .unwrap_or(0);
+            peer.estimate_bps = Some(estimate.as_u64().max(floor));
         }
         self.reallocate(id, now);
     }
@@ -522,7 +532,15 @@ fn follow_feedback(
     adaptation: bool,
     tolerance: bool,
 ) -> bool {
+    if adaptation && recover_from_outage(id, peer, now) {
+        apply_pacing_cap(peer, adaptation);
+        return true;
+    }
     let feedback = peer.rtc.bwe().recent_feedback(overflow::WINDOW);
+    if adaptation && feedback.as_ref().is_some_and(outage::is_outage) {
+        // What was sent into an outage says nothing about the link's rate or queue.
+        return apply_pacing_cap(peer, adaptation);
+    }
     let queue = feedback.as_ref().and_then(|fb| peer.queue.on_feedback(fb));
     if peer.overflow.on_feedback(now, feedback.as_ref(), queue) {
         tracing::debug!(%id, ?feedback, ?queue, "link overflows: allocation bounded");
@@ -554,12 +572,31 @@ fn read_early_feedback(id: ConnId, peer: &mut Peer, now: Instant) -> bool {
     let Some(feedback) = peer.rtc.bwe().recent_feedback(overflow::EARLY_WINDOW) else {
         return false;
     };
+    if outage::is_outage(&feedback) {
+        return false;
+    }
     let queue = peer.queue.peek(&feedback);
     if !peer.overflow.on_early_feedback(now, &feedback, queue) {
         return false;
     }
     tracing::debug!(%id, ?feedback, ?queue, "link collapses: allocation bounded early");
     peer.fec_link.forget_congestion();
+    true
+}
+
+/// When the newest feedback is the first of an outage's (`bwe::outage`): lifts any bound and
+/// restarts str0m's estimate at a share of what it was before. True when it did.
+fn recover_from_outage(id: ConnId, peer: &mut Peer, now: Instant) -> bool {
+    let Some(feedback) = peer.rtc.bwe().recent_feedback(overflow::WINDOW) else {
+        return false;
+    };
+    let Some(restore) = peer.outage.on_feedback(now, &feedback, peer.estimate_bps) else {
+        return false;
+    };
+    tracing::debug!(%id, ?feedback, restore, "link back from an outage: estimate restored");
+    peer.overflow.lift();
+    peer.rtc.bwe().reset(Bitrate::bps(restore));
+    peer.estimate_bps = Some(restore);
     true
 }
 

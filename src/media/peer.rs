@@ -154,6 +154,8 @@ pub struct Peer {
     pub estimate_bps: Option<u64>,
     /// Bounds the allocation by what got through while the link overflows (a collapse).
     pub overflow: crate::bwe::OverflowDetector,
+    /// Restores the estimate after an outage (see `bwe::outage`).
+    pub outage: crate::bwe::OutageRecovery,
     /// The pacing bound handed to str0m while the link overflows (see `bwe::overflow::pacing_cap`).
     pub pacing_cap: Option<u64>,
     /// The standing queue each feedback reading shows (for the two detectors around it).
@@ -201,6 +203,7 @@ impl Peer {
             max_layer: LayerChoice::Auto,
             estimate_bps: None,
             overflow: Default::default(),
+            outage: Default::default(),
             pacing_cap: None,
             queue: Default::default(),
             radio_loss: Default::default(),

@@ -29,7 +29,8 @@ const WARMUP_S: f64 = 10.0;
 #[derive(Parser, Debug)]
 #[command(about = "Weak-link scenario benchmark in real Chromium (root)")]
 struct Args {
-    /// Profiles to run, comma-separated: village4g, collapse, bursty, satellite.
+    /// Profiles to run, comma-separated: village4g, collapse, bursty, satellite; also outage
+    /// (a 3 s drop-out of a 2 Mbit/s link, not in the default set).
     #[arg(long, default_value = "village4g,collapse,bursty,satellite")]
     profiles: String,
     /// Modes: adapt (default server), nofec (adapt with --no-video-fec) and/or baseline
@@ -92,6 +93,15 @@ fn profile(name: &str, seconds: f64) -> anyhow::Result<Profile> {
             up: "rate=2M,delay=30ms".into(),
             schedule: vec![(0.0, 2_000_000), (w + 20.0, 300_000), (w + 50.0, 2_000_000)],
             seconds: seconds.max(75.0),
+            warmup: w,
+        },
+        "outage" => Profile {
+            name: "outage",
+            what: "2 Mbit/s, 30 ms one way; both ways ~nothing (8 kbit/s) for 3 s at 30 s",
+            down: format!("rate=2M,at={}s:8k,at={}s:2M,delay=30ms", w + 30.0, w + 33.0),
+            up: format!("rate=2M,at={}s:8k,at={}s:2M,delay=30ms", w + 30.0, w + 33.0),
+            schedule: vec![(0.0, 2_000_000), (w + 30.0, 8_000), (w + 33.0, 2_000_000)],
+            seconds: seconds.max(60.0),
             warmup: w,
         },
         "bursty" => Profile {
