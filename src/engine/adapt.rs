@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use str0m::bwe::Bitrate;
+use str0m::bwe::{Bitrate, RecentFeedback};
 use str0m::media::Mid;
 
 use crate::bwe::{
@@ -62,7 +62,8 @@ impl Engine {
             // The estimate falls as an outage's late feedback arrives: restore it first, so the
             // allocation never sees the fall (a pause would cost a hold and a keyframe).
             if self.adaptation {
-                recover_from_outage(id, peer, now);
+                let feedback = peer.rtc.bwe().recent_feedback(overflow::WINDOW);
+                recover_from_outage(id, peer, now, feedback.as_ref());
             }
             let floor = peer
                 .outage
@@ -532,11 +533,11 @@ fn follow_feedback(
     adaptation: bool,
     tolerance: bool,
 ) -> bool {
-    if adaptation && recover_from_outage(id, peer, now) {
+    let feedback = peer.rtc.bwe().recent_feedback(overflow::WINDOW);
+    if adaptation && recover_from_outage(id, peer, now, feedback.as_ref()) {
         apply_pacing_cap(peer, adaptation);
         return true;
     }
-    let feedback = peer.rtc.bwe().recent_feedback(overflow::WINDOW);
     if adaptation && feedback.as_ref().is_some_and(outage::is_outage) {
         // What was sent into an outage says nothing about the link's rate or queue.
         return apply_pacing_cap(peer, adaptation);
@@ -584,13 +585,18 @@ fn read_early_feedback(id: ConnId, peer: &mut Peer, now: Instant) -> bool {
     true
 }
 
-/// When the newest feedback is the first of an outage's (`bwe::outage`): lifts any bound and
-/// restarts str0m's estimate at a share of what it was before. True when it did.
-fn recover_from_outage(id: ConnId, peer: &mut Peer, now: Instant) -> bool {
-    let Some(feedback) = peer.rtc.bwe().recent_feedback(overflow::WINDOW) else {
+/// When `feedback` (the regular window's) is the first of an outage's (`bwe::outage`): lifts any
+/// bound and restarts str0m's estimate at a share of what it was before. True when it did.
+fn recover_from_outage(
+    id: ConnId,
+    peer: &mut Peer,
+    now: Instant,
+    feedback: Option<&RecentFeedback>,
+) -> bool {
+    let Some(feedback) = feedback else {
         return false;
     };
-    let Some(restore) = peer.outage.on_feedback(now, &feedback, peer.estimate_bps) else {
+    let Some(restore) = peer.outage.on_feedback(now, feedback, peer.estimate_bps) else {
         return false;
     };
     tracing::debug!(%id, ?feedback, restore, "link back from an outage: estimate restored");
