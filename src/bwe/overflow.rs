@@ -8,7 +8,8 @@
 //! milliseconds of sends (str0m's `recent_feedback`), not from the once-a-second loss average.
 //! Two such readings in a row bound the rate; a collapse shows sooner in an early reading of
 //! only the newest sends, taken between ticks and after each regular one, where most of them
-//! are lost. Pure logic: feedback and time in, a bound out.
+//! are lost. When a bound lapses, an estimate still far over it restarts at the least rate the
+//! bound held ([`restart_at`]). Pure logic: feedback and time in, a bound out.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,20 @@ pub const COLLAPSE_LOSS: f32 = 0.5;
 /// A bound stays this long after the last overflowing reading: the queue needs that long to
 /// drain and the estimator to follow, and lifting it sooner would refill the queue at once.
 const HOLD: Duration = Duration::from_secs(1);
+/// A lapsing bound restarts the estimator at it when the estimate is more than this over it.
+/// str0m's delay-based estimate, which saw less of the loss, was still 1.3–1.9 Mbit/s when the
+/// bound on a 300 kbit/s link lapsed (collapse bench, session 9), and following it overflowed
+/// the link a second time one to four seconds after the collapse.
+const RESTART_ABOVE: f64 = 1.25;
+
+/// Where the estimator restarts when a bound of `lapsed_bps` lapses while it estimates
+/// `estimate_bps`: at the bound, the rate the link last delivered while overflowing, when the
+/// estimate is far over it; `None` when the estimate has come down by itself. From there the
+/// estimator probes up again, as after any restart.
+pub fn restart_at(lapsed_bps: u64, estimate_bps: Option<u64>) -> Option<u64> {
+    let estimate = estimate_bps?;
+    (estimate as f64 > lapsed_bps as f64 * RESTART_ABOVE).then_some(lapsed_bps)
+}
 
 /// What str0m may pace at while the link is bounded at `cap_bps`: a little under it, so that the
 /// overflowing queue drains and the next keyframe does not arrive as a burst it drops (str0m paces
@@ -53,8 +68,33 @@ pub struct OverflowDetector {
     min_rtt: Option<Duration>,
     /// Overflowing readings in a row.
     streak: u32,
-    /// The bound and until when it holds.
-    cap: Option<(u64, Instant)>,
+    /// The bound, if any.
+    cap: Option<Bound>,
+    /// The least rate of a bound that lapsed and has not been taken yet
+    /// ([`OverflowDetector::take_lapsed`]).
+    lapsed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    /// What the newest overflowing reading saw delivered: the allocation's limit.
+    bps: u64,
+    /// The least of those since the bound started. A reading soon after a collapse still counts
+    /// arrivals at the old rate: bounds of 650–770 kbit/s on a 300 kbit/s link lapsed in
+    /// collapse runs, whose early readings had seen 250–410.
+    lowest: u64,
+    /// Until when it holds.
+    until: Instant,
+}
+
+impl Bound {
+    fn new(bps: u64, until: Instant) -> Bound {
+        Bound {
+            bps,
+            lowest: bps,
+            until,
+        }
+    }
 }
 
 impl OverflowDetector {
@@ -67,8 +107,9 @@ impl OverflowDetector {
         feedback: Option<&RecentFeedback>,
         queue: Option<Duration>,
     ) -> bool {
-        if self.cap.is_some_and(|(_, until)| now >= until) {
+        if let Some(bound) = self.cap.filter(|b| now >= b.until) {
             self.cap = None;
+            self.lapsed = Some(bound.lowest);
         }
         let Some(fb) = feedback else {
             return false;
@@ -88,7 +129,15 @@ impl OverflowDetector {
         // the closest: older ones mix in the queue's drain at the old rate, or the gap after the
         // sender cut back (measured: 139 kbit/s once on a 300 kbit/s link, which paused video).
         let started = self.cap.is_none();
-        self.cap = Some((delivered, now + HOLD));
+        self.cap = Some(match self.cap {
+            Some(b) => Bound {
+                bps: delivered,
+                lowest: b.lowest.min(delivered),
+                until: now + HOLD,
+            },
+            None => Bound::new(delivered, now + HOLD),
+        });
+        self.lapsed = None;
         started
     }
 
@@ -106,7 +155,7 @@ impl OverflowDetector {
         let Some(floor) = self.min_rtt else {
             return false;
         };
-        if self.cap.is_some_and(|(_, until)| now < until) {
+        if self.cap.is_some_and(|b| now < b.until) {
             return false;
         }
         let collapsing = feedback.loss >= COLLAPSE_LOSS && queue_stands(feedback, queue, floor);
@@ -115,19 +164,27 @@ impl OverflowDetector {
         };
         // The regular reading that follows counts as the second of a streak.
         self.streak = 1;
-        self.cap = Some((delivered, now + HOLD));
+        self.cap = Some(Bound::new(delivered, now + HOLD));
+        self.lapsed = None;
         true
     }
 
     /// Drops a bound (and the streak toward one): the link is known to carry more again.
     pub fn lift(&mut self) {
         self.cap = None;
+        self.lapsed = None;
         self.streak = 0;
+    }
+
+    /// The least rate of the bound that lapsed since the last call, once (not of one
+    /// [`lift`](Self::lift)ed).
+    pub fn take_lapsed(&mut self) -> Option<u64> {
+        self.lapsed.take()
     }
 
     /// What the link delivered while it overflowed lately; the allocation must not exceed it.
     pub fn cap_bps(&self) -> Option<u64> {
-        self.cap.map(|(cap, _)| cap)
+        self.cap.map(|b| b.bps)
     }
 }
 
@@ -198,13 +255,17 @@ mod tests {
             Some(&feedback(0.0, 70, Some(200_000))),
         );
         assert_eq!(d.cap_bps(), Some(280_000));
-        // ... and lift it a hold after the last overflow.
+        assert_eq!(d.take_lapsed(), None);
+        // ... and lift it a hold after the last overflow, once.
         on(
             &mut d,
             t0 + MS(600) + HOLD,
             Some(&feedback(0.0, 65, Some(200_000))),
         );
         assert_eq!(d.cap_bps(), None);
+        // Its least rate: 290 kbit/s, then 280.
+        assert_eq!(d.take_lapsed(), Some(280_000));
+        assert_eq!(d.take_lapsed(), None);
         // It lapses without feedback too (a silent link is the estimator's to judge).
         on(
             &mut d,
@@ -219,6 +280,64 @@ mod tests {
         assert_eq!(d.cap_bps(), Some(250_000));
         on(&mut d, t0 + MS(2200) + HOLD, None);
         assert_eq!(d.cap_bps(), None);
+    }
+
+    #[test]
+    fn a_lapsing_bound_restarts_an_estimate_still_far_over_it() {
+        // Session 9's collapse traces: str0m at 1.3–1.9 Mbit/s when a 280 kbit/s bound lapsed.
+        assert_eq!(restart_at(280_000, Some(1_300_000)), Some(280_000));
+        assert_eq!(restart_at(280_000, Some(1_900_000)), Some(280_000));
+        // An estimate that came down by itself is left alone, as is a missing one.
+        assert_eq!(restart_at(280_000, Some(330_000)), None);
+        assert_eq!(restart_at(280_000, Some(200_000)), None);
+        assert_eq!(restart_at(280_000, None), None);
+    }
+
+    #[test]
+    fn a_lapsed_bound_is_the_least_rate_it_held() {
+        // A collapse run's trace: the early reading bounded at 414 kbit/s, and the regular
+        // reading after it, whose window still held arrivals at the old rate, at 771.
+        let t0 = Instant::now();
+        let mut d = OverflowDetector::default();
+        on(&mut d, t0, Some(&feedback(0.0, 60, Some(1_900_000))));
+        assert!(d.on_early_feedback(
+            t0 + MS(50),
+            &feedback(0.5, 167, Some(414_000)),
+            Some(MS(95))
+        ));
+        on(
+            &mut d,
+            t0 + MS(200),
+            Some(&feedback(0.4, 170, Some(771_000))),
+        );
+        assert_eq!(d.cap_bps(), Some(771_000));
+        on(
+            &mut d,
+            t0 + MS(200) + HOLD,
+            Some(&feedback(0.0, 70, Some(250_000))),
+        );
+        assert_eq!(d.take_lapsed(), Some(414_000));
+    }
+
+    #[test]
+    fn a_lifted_or_renewed_bound_does_not_lapse() {
+        let t0 = Instant::now();
+        let overflow = feedback(0.6, 160, Some(290_000));
+        let mut d = OverflowDetector::default();
+        on(&mut d, t0, Some(&feedback(0.0, 60, Some(1_100_000))));
+        on(&mut d, t0 + MS(200), Some(&overflow));
+        on(&mut d, t0 + MS(400), Some(&overflow));
+        assert_eq!(d.cap_bps(), Some(290_000));
+        // An outage's recovery lifts it: the link carries more again, nothing to restart at.
+        d.lift();
+        on(&mut d, t0 + MS(400) + HOLD, Some(&feedback(0.0, 60, None)));
+        assert_eq!(d.take_lapsed(), None);
+        // A bound renewed by the reading at which it would lapse goes on holding.
+        on(&mut d, t0 + MS(3000), Some(&overflow));
+        on(&mut d, t0 + MS(3200), Some(&overflow));
+        on(&mut d, t0 + MS(3200) + HOLD, Some(&overflow));
+        assert_eq!(d.cap_bps(), Some(290_000));
+        assert_eq!(d.take_lapsed(), None);
     }
 
     #[test]

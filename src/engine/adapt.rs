@@ -547,6 +547,9 @@ fn follow_feedback(
         tracing::debug!(%id, ?feedback, ?queue, "link overflows: allocation bounded");
         peer.fec_link.forget_congestion();
     }
+    if let Some(lapsed) = peer.overflow.take_lapsed().filter(|_| adaptation) {
+        restart_after_bound(id, peer, lapsed);
+    }
     // Then the newest sends alone, as between ticks: a collapse the regular window does not
     // show yet is bounded now, not a tick later. In this order, a bound the regular reading
     // started is not replaced: the early reading leaves a standing bound alone. The other order
@@ -604,6 +607,17 @@ fn recover_from_outage(
     peer.rtc.bwe().reset(Bitrate::bps(restore));
     peer.estimate_bps = Some(restore);
     true
+}
+
+/// A bound of `lapsed` bits per second just lapsed: str0m's estimate, if still far over it,
+/// restarts at it ([`overflow::restart_at`]) rather than overflow the link again.
+fn restart_after_bound(id: ConnId, peer: &mut Peer, lapsed: u64) {
+    let Some(restart) = overflow::restart_at(lapsed, peer.estimate_bps) else {
+        return;
+    };
+    tracing::debug!(%id, restart, estimate = ?peer.estimate_bps, "bound lapsed: estimate restarted at it");
+    peer.rtc.bwe().reset(Bitrate::bps(restart));
+    peer.estimate_bps = Some(restart);
 }
 
 /// Holds str0m's pacing under what the overflowing link delivered (only when adapting), or lifts

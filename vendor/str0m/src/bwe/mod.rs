@@ -91,6 +91,10 @@ impl Bwe {
 
     pub fn reset(&mut self, init_bitrate: Bitrate) {
         self.bwe.reset(init_bitrate);
+        // tongbu patch: the smoothed estimate restarts too. It averages the distinct estimates
+        // of the last 3 s, so a reset to 270 kbit/s after estimates of 1.3–1.9 Mbit/s was
+        // emitted as ~1 Mbit/s and the application followed the old estimate for seconds.
+        self.smoother = EstimateSmoother::new();
     }
 
     pub fn update<'t>(
@@ -578,6 +582,19 @@ mod test {
                     .is_none()
             );
         }
+    }
+
+    #[test]
+    fn a_reset_restarts_the_smoothed_estimate() {
+        // tongbu patch: the estimate after a reset is the one it was reset to, not an average
+        // with the estimates before it.
+        let start = Instant::now();
+        let mut bwe = Bwe::new(Bitrate::mbps(2));
+        bwe.handle_timeout(start, false);
+        assert_eq!(bwe.poll_estimate(), Some(Bitrate::mbps(2)));
+        bwe.reset(Bitrate::kbps(270));
+        bwe.handle_timeout(start + Duration::from_millis(10), false);
+        assert_eq!(bwe.poll_estimate(), Some(Bitrate::kbps(270)));
     }
 
     #[test]
