@@ -507,3 +507,55 @@ async fn media_starts_at_connection_without_a_backlog() {
         );
     }
 }
+
+/// A classroom whose link carried nothing for 2.5 s (a radio fade) gets its picture back from a
+/// fresh keyframe, asked of the teacher as soon as its feedback covers new sends again, rather
+/// than from deltas whose references its decoder lost during the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_video_restarts_on_a_keyframe_asked_for_at_once() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let srv = server::start(ServerConfig::ephemeral())
+        .await
+        .expect("server starts");
+    // The teacher sends keyframes only when asked (its first frame aside).
+    let teacher = TestClient::connect_with(
+        srv.http_addr,
+        common::join_as_teacher(&srv),
+        &TEACHER_LAYERS,
+        common::ClientOptions {
+            keyframe_every: u64::MAX,
+            ..Default::default()
+        },
+    )
+    .await;
+    let a = classroom(&srv, 0).await;
+    let mid = a.wait_video_from("c-central-1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    a.set_incoming_loss(1.0);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let asked_before = teacher.state.lock().unwrap().keyframe_requests;
+    let back = std::time::Instant::now();
+    a.set_incoming_loss(0.0);
+
+    // The first frames back may be deltas: the server learns that the link is back only from
+    // the feedback on them. Then a keyframe, which the classroom (this client never asks for
+    // one) gets only because the server asked the teacher for it.
+    let keyframe = a
+        .wait_for("a keyframe after the outage", Duration::from_secs(5), |s| {
+            s.received
+                .iter()
+                .find(|r| r.mid == mid && r.at > back && r.keyframe)
+                .cloned()
+        })
+        .await;
+    let waited = keyframe.at.duration_since(back);
+    assert!(
+        waited < Duration::from_millis(1500),
+        "the keyframe came {waited:?} after the link was back"
+    );
+    assert!(
+        teacher.state.lock().unwrap().keyframe_requests > asked_before,
+        "the teacher was asked for it"
+    );
+}

@@ -9,7 +9,8 @@
 //! - [`keyframe`]: keyframe requests throttled and shared across subscribers of a publisher layer.
 //! - [`shape`]: each camera layer encoded at what its subscribers have room for.
 //! - [`dynacast`]: which layers a publisher encodes: those its subscribers take.
-//! - [`outage`]: a link back from carrying nothing restarts near its old estimate.
+//! - [`outage`]: a link back from carrying nothing restarts near its old estimate, and its
+//!   video on a fresh keyframe.
 //!
 //! One estimate update runs `rates` → `allocate` → `select::LayerSelector::on_allocation`; every
 //! forwarded frame runs `LayerSelector::on_frame`; `LayerSelector::keyframe_request` goes through
@@ -34,7 +35,7 @@ pub use allocate::{
 };
 pub use dynacast::Dynacast;
 pub use keyframe::{keyframe_needed, KeyframeThrottle};
-pub use outage::OutageRecovery;
+pub use outage::{FeedbackTimes, OutageRecovery, OutageWatch};
 pub use overflow::OverflowDetector;
 pub use queue::QueueGauge;
 pub use radio_loss::RadioLoss;

@@ -8,7 +8,16 @@
 //! restored to a share of what it was before and probed from there; a link that did come back
 //! slower is then bounded by the next readings as any collapse.
 //!
-//! Pure logic: feedback readings and str0m's estimate in, a rate to restore out.
+//! The picture needs more than the estimate. The receiver lost seconds of video, and with them
+//! every reference its decoder had: it asks for all of it again, and the resends of what is
+//! still in the retransmission history, seconds of it, go out ahead of the keyframe that would
+//! actually restart the picture (the outage bench's video came back 1–4 s after its link). An
+//! outage shows to the sender as feedback that stops, or comes seconds late, while media goes
+//! out; [`OutageWatch`] tells when the link is back from one, and the video then restarts on a
+//! fresh keyframe, asked for at once, with the resends dropped.
+//!
+//! Pure logic: feedback readings and str0m's estimate in, a rate to restore and the link's
+//! return out.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +35,10 @@ pub const RESTORE_SHARE: f64 = 0.5;
 /// drains within a round trip of the link's return; a link that stays this slow is left to the
 /// estimator and the overflow bound after it.
 pub const FLOOR_FOR: Duration = Duration::from_secs(2);
+
+/// Feedback silent this long means a link that carries nothing (or nothing back): a receiver
+/// that gets packets reports every 50–100 ms, on any link. Shorter gaps are left to repair.
+pub const SILENCE: Duration = Duration::from_secs(1);
 
 /// Whether a reading covers sends of an outage (see the module doc).
 pub fn is_outage(feedback: &RecentFeedback) -> bool {
@@ -77,6 +90,62 @@ impl OutageRecovery {
     }
 }
 
+/// Per subscriber: whether its link is out, and when it is back. Out: reports stopped a
+/// [`SILENCE`] ago while packets sent as long ago are not reported, or the newest reading covers
+/// sends of an outage ([`is_outage`]). Back: reports come again and cover what was sent within
+/// the last [`SILENCE`]; a report that trickles through an outage with what was sent before it
+/// (measured: 1.4 s late, in the middle of a 3 s outage) is not the link coming back.
+#[derive(Debug, Clone, Default)]
+pub struct OutageWatch {
+    /// Since when the link has carried nothing, as far as feedback tells.
+    out_since: Option<Instant>,
+}
+
+/// What transport-wide feedback tells at one tick (str0m's `Bwe`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FeedbackTimes {
+    /// When the newest report arrived; `None` before any.
+    pub last_report: Option<Instant>,
+    /// When the oldest packet no report covers yet went out; `None` when all are covered.
+    pub oldest_unreported: Option<Instant>,
+}
+
+impl OutageWatch {
+    /// One adaptation tick, with the regular reading. True once when the link is back after an
+    /// outage of at least [`SILENCE`].
+    pub fn on_tick(
+        &mut self,
+        now: Instant,
+        times: FeedbackTimes,
+        feedback: Option<&RecentFeedback>,
+    ) -> bool {
+        let Some(last_report) = times.last_report else {
+            return false;
+        };
+        let age = |t: Instant| now.saturating_duration_since(t);
+        let unreported_since = times.oldest_unreported.filter(|&t| age(t) >= SILENCE);
+        let silent = age(last_report) >= SILENCE && unreported_since.is_some();
+        let late = feedback.filter(|fb| is_outage(fb));
+        if silent || late.is_some() {
+            let since = match (late, unreported_since) {
+                (Some(fb), _) => now.checked_sub(fb.rtt).unwrap_or(now),
+                (None, Some(t)) => t,
+                (None, None) => now,
+            };
+            let out_since = self.out_since.get_or_insert(since);
+            *out_since = (*out_since).min(since);
+            return false;
+        }
+        if unreported_since.is_some() {
+            // Reports flow, but of what was sent before the outage: not back yet.
+            return false;
+        }
+        self.out_since
+            .take()
+            .is_some_and(|since| age(since) >= SILENCE)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +194,67 @@ mod tests {
             o.on_feedback(at(5000), &silent, Some(50_000)),
             Some(600_000)
         );
+    }
+
+    /// Feedback times: the newest report at `report_ms`, the oldest unreported send at
+    /// `unreported_ms` (if any), from `t0`.
+    fn times(t0: Instant, report_ms: u64, unreported_ms: Option<u64>) -> FeedbackTimes {
+        FeedbackTimes {
+            last_report: Some(t0 + Duration::from_millis(report_ms)),
+            oldest_unreported: unreported_ms.map(|ms| t0 + Duration::from_millis(ms)),
+        }
+    }
+
+    #[test]
+    fn the_link_is_back_once_feedback_covers_fresh_sends_after_a_second_of_nothing() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let flowing = feedback(0.0, 60, Some(1_800_000));
+        let mut w = OutageWatch::default();
+        assert!(
+            !w.on_tick(at(0), FeedbackTimes::default(), None),
+            "no feedback yet"
+        );
+        assert!(!w.on_tick(at(200), times(t0, 150, Some(140)), Some(&flowing)));
+        // Reports stop at 200 ms, for what was sent up to 140 ms; a second later the link is out.
+        assert!(!w.on_tick(at(1400), times(t0, 200, Some(145)), Some(&flowing)));
+        // A report trickles through with what went out before the outage, 1.4 s late.
+        let trickle = feedback(0.0, 1440, Some(1_490_000));
+        assert!(!w.on_tick(at(1600), times(t0, 1590, Some(160)), Some(&trickle)));
+        // The first reports back cover what went out during it, seconds late ...
+        let late = feedback(0.9, 2900, Some(2_000));
+        assert!(!w.on_tick(at(3400), times(t0, 3350, Some(500)), Some(&late)));
+        // ... then fresh sends: back, once.
+        assert!(w.on_tick(at(3600), times(t0, 3550, Some(3500)), Some(&flowing)));
+        assert!(!w.on_tick(at(3800), times(t0, 3750, Some(3700)), Some(&flowing)));
+    }
+
+    #[test]
+    fn late_feedback_alone_is_an_outage_and_quiet_or_slow_feedback_is_not() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let flowing = feedback(0.0, 60, Some(1_800_000));
+        let mut w = OutageWatch::default();
+        // A report every 200 ms throughout, the first ones after the outage seconds late (the
+        // link queued through it): the outage began at the send of what they cover.
+        assert!(!w.on_tick(at(3000), times(t0, 2990, Some(2950)), Some(&flowing)));
+        let late = feedback(0.5, 2500, Some(10_000));
+        assert!(!w.on_tick(at(3200), times(t0, 3190, Some(3150)), Some(&late)));
+        assert!(w.on_tick(at(3400), times(t0, 3390, Some(3350)), Some(&flowing)));
+        // Nothing sent for seconds (a teacher with no classroom to see): no reports, and none
+        // missing.
+        assert!(!w.on_tick(at(9000), times(t0, 3390, None), Some(&flowing)));
+        assert!(!w.on_tick(at(9200), times(t0, 9150, Some(9100)), Some(&flowing)));
+        // A 600 ms round trip: reports every 100 ms, each of what went out 700 ms before.
+        let satellite = feedback(0.0, 600, Some(1_800_000));
+        for tick in 0..20 {
+            let now = 10_000 + 200 * tick;
+            assert!(!w.on_tick(
+                at(now),
+                times(t0, now - 50, Some(now - 700)),
+                Some(&satellite)
+            ));
+        }
     }
 
     #[test]

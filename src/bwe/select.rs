@@ -185,6 +185,19 @@ impl LayerSelector {
         self.cut_if_overflowing();
     }
 
+    /// The subscriber's decoder lost its references (its link carried nothing for a second or
+    /// more, [`super::outage::OutageWatch`]): nothing more flows until a keyframe, asked for at
+    /// once, starts the picture again, as after a pause. A paused track waits for its keyframe
+    /// anyway.
+    pub fn restart(&mut self, now: Instant) {
+        if self.target.is_none() {
+            return;
+        }
+        self.current = None;
+        self.waiting_since = Some(now);
+        self.last_keyframe_request = None;
+    }
+
     /// Nothing flows after a cut (its next frames would miss the ones dropped): the target's
     /// keyframe starts the picture again, as after a pause.
     fn cut_if_overflowing(&mut self) {
@@ -703,6 +716,36 @@ mod tests {
         assert_eq!(s.target(), full(0));
         assert!(!s.on_frame(delta(0, 0)).forward);
         assert!(s.on_frame(key(0)).switched);
+    }
+
+    #[test]
+    fn a_restart_waits_for_a_keyframe_asked_for_at_once() {
+        let t0 = Instant::now();
+        let mut s = flowing(t0, 1);
+        assert!(s.on_frame(delta(1, 0)).forward);
+        let throttled = t0 + ms(100);
+        s.keyframe_request(throttled);
+        // The link is back from an outage: the decoder has nothing to build on.
+        let back = t0 + ms(200);
+        s.restart(back);
+        assert_eq!((s.target(), s.current()), (full(1), None));
+        assert_eq!(
+            s.keyframe_request(back),
+            Some(KeyframeRequest {
+                layer: 1,
+                waiting_since: back
+            }),
+            "at once, whatever was asked before"
+        );
+        assert!(!s.on_frame(delta(1, 0)).forward, "its deltas are of no use");
+        // The lowest layer's keyframe, if it comes first, starts the picture sooner.
+        assert!(s.on_frame(key(0)).switched);
+        assert!(s.on_frame(delta(0, 0)).forward);
+        // A paused track stays paused.
+        let mut p = flowing(t0, 1);
+        p.on_allocation(t0 + ms(10), None);
+        p.restart(back);
+        assert_eq!((p.target(), p.keyframe_request(back)), (None, None));
     }
 
     #[test]

@@ -9,8 +9,8 @@ use str0m::bwe::{Bitrate, RecentFeedback};
 use str0m::media::Mid;
 
 use crate::bwe::{
-    allocate, outage, overflow, LayerBitrate, LayerChoice as Choice, Priority, Room, TrackDemand,
-    MAX_LAYERS,
+    allocate, outage, overflow, FeedbackTimes, LayerBitrate, LayerChoice as Choice, Priority, Room,
+    TrackDemand, MAX_LAYERS,
 };
 use crate::media::peer::{OutState, Peer, Published};
 use crate::media::red;
@@ -534,6 +534,14 @@ fn follow_feedback(
     tolerance: bool,
 ) -> bool {
     let feedback = peer.rtc.bwe().recent_feedback(overflow::WINDOW);
+    let times = FeedbackTimes {
+        last_report: peer.rtc.bwe().last_feedback_at(),
+        oldest_unreported: peer.rtc.bwe().oldest_unreported_send(),
+    };
+    if adaptation && peer.outage_watch.on_tick(now, times, feedback.as_ref()) {
+        tracing::debug!(%id, ?feedback, "link back from an outage: video restarts on keyframes");
+        restart_video(peer, now);
+    }
     if adaptation && recover_from_outage(id, peer, now, feedback.as_ref()) {
         apply_pacing_cap(peer, adaptation);
         return true;
@@ -607,6 +615,22 @@ fn recover_from_outage(
     peer.rtc.bwe().reset(Bitrate::bps(restore));
     peer.estimate_bps = Some(restore);
     true
+}
+
+/// Every video track this subscriber receives waits for a fresh keyframe, asked for at once,
+/// and what its streams still hold to send or resend is dropped: after an outage the decoder
+/// has lost its references, and resends of seconds of the past would go out ahead of the
+/// keyframe.
+fn restart_video(peer: &mut Peer, now: Instant) {
+    for sub in &mut peer.subscribed {
+        let (Some(video), Some(mid)) = (sub.video.as_mut(), sub.state.mid()) else {
+            continue;
+        };
+        video.selector.restart(now);
+        if let Some(tx) = peer.rtc.direct_api().stream_tx_by_mid(mid, None) {
+            tx.drop_queued();
+        }
+    }
 }
 
 /// A bound of `lapsed` bits per second just lapsed: str0m's estimate, if still far over it,

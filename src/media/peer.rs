@@ -156,6 +156,8 @@ pub struct Peer {
     pub overflow: crate::bwe::OverflowDetector,
     /// Restores the estimate after an outage (see `bwe::outage`).
     pub outage: crate::bwe::OutageRecovery,
+    /// Tells when the link is back from an outage, for the video to restart on keyframes.
+    pub outage_watch: crate::bwe::OutageWatch,
     /// The pacing bound handed to str0m while the link overflows (see `bwe::overflow::pacing_cap`).
     pub pacing_cap: Option<u64>,
     /// The standing queue each feedback reading shows (for the two detectors around it).
@@ -204,6 +206,7 @@ impl Peer {
             estimate_bps: None,
             overflow: Default::default(),
             outage: Default::default(),
+            outage_watch: Default::default(),
             pacing_cap: None,
             queue: Default::default(),
             radio_loss: Default::default(),

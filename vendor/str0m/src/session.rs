@@ -1428,6 +1428,16 @@ impl Session {
         self.twcc_tx_register.recent_feedback(window)
     }
 
+    /// (tongbu patch) See [`TwccSendRegister::last_report_at`].
+    pub fn last_feedback_at(&self) -> Option<Instant> {
+        self.twcc_tx_register.last_report_at()
+    }
+
+    /// (tongbu patch) See [`TwccSendRegister::oldest_unreported_send`].
+    pub fn oldest_unreported_send(&self) -> Option<Instant> {
+        self.twcc_tx_register.oldest_unreported_send()
+    }
+
     pub fn set_bwe_bitrate(&mut self, minimum: Bitrate, desired: Bitrate) {
         if let Some(bwe) = self.bwe.as_mut() {
             bwe.set_bitrate(minimum, desired);

@@ -101,6 +101,20 @@ impl<'a> Bwe<'a> {
         self.0.session.recent_feedback(window)
     }
 
+    /// (tongbu patch) When the newest transport-wide feedback arrived; `None` before any or
+    /// without TWCC. Reports come every 50–100 ms from a receiver that gets anything: feedback
+    /// that stops while media goes out is a link that carries nothing.
+    pub fn last_feedback_at(&self) -> Option<std::time::Instant> {
+        self.0.session.last_feedback_at()
+    }
+
+    /// (tongbu patch) When the oldest packet that no feedback has covered yet went out; `None`
+    /// when every packet sent is covered. With [`Self::last_feedback_at`]: reports that stopped
+    /// while packets went out, not while nothing did.
+    pub fn oldest_unreported_send(&self) -> Option<std::time::Instant> {
+        self.0.session.oldest_unreported_send()
+    }
+
     /// (tongbu patch) Pace (and pad) at no more than `cap` while it is set, whatever the estimate.
     /// For an application that knows the link better than the estimator does for a while: a
     /// collapsed link whose queue overflows, seconds before the delay-based estimate falls,

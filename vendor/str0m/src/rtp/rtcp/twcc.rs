@@ -1359,6 +1359,23 @@ impl TwccSendRegister {
         self.queue.iter().rev().find_map(|s| s.rtt())
     }
 
+    /// (tongbu patch) When the newest feedback report arrived: the report of the newest reported
+    /// packet. `None` before any.
+    pub fn last_report_at(&self) -> Option<Instant> {
+        self.queue.iter().rev().find_map(|s| s.local_recv_time())
+    }
+
+    /// (tongbu patch) When the oldest packet sent after the newest reported one went out: how
+    /// long the receiver has not reported what it was sent. `None` when nothing is unreported.
+    pub fn oldest_unreported_send(&self) -> Option<Instant> {
+        self.queue
+            .iter()
+            .rev()
+            .take_while(|s| s.recv_report.is_none())
+            .last()
+            .map(|s| s.local_send_time)
+    }
+
     /// (tongbu patch) What feedback says of the packets sent during the `window` that ends with the
     /// newest reported packet: anchored at feedback, not at `now`, so the packets still in flight
     /// do not dilute it and a short window works at feedback pace.
@@ -2452,6 +2469,8 @@ mod test {
         // Not yet reported: it must not count as lost nor move the anchor.
         reg.register_seq(TwccPacketId::new(9), now, 1000);
         assert_eq!(reg.recent_feedback(Duration::from_millis(200)), None);
+        assert_eq!(reg.last_report_at(), None);
+        assert_eq!(reg.oldest_unreported_send(), Some(start));
 
         let report_at = start + Duration::from_millis(140);
         #[allow(unused_must_use)]
@@ -2483,6 +2502,12 @@ mod test {
         assert_eq!(all.loss, 2.0 / 9.0);
         // Packet 8 went out at 120 ms, its report came at 140 ms.
         assert_eq!(all.rtt, Duration::from_millis(20));
+        assert_eq!(reg.last_report_at(), Some(report_at));
+        // Packet 9, sent at 135 ms, is the one not reported yet.
+        assert_eq!(
+            reg.oldest_unreported_send(),
+            Some(start + Duration::from_millis(135))
+        );
         // Six packets of 1000 bytes after the first arrival, over 6 × 15 ms.
         assert_eq!(all.delivered_bps, Some(533_333));
 
