@@ -521,11 +521,13 @@ impl Engine {
     }
 }
 
-/// Reads the subscriber's newest transport-wide feedback into its overflow and radio-loss
-/// detectors, over the regular window and then the early one. While the link overflows, str0m's
-/// pacing is held under what it delivered (the baseline, `--no-adaptation`, keeps str0m's own
-/// pacing); while it loses packets at a steady round trip, str0m's estimate ignores the loss (if
-/// `tolerance`). True when the pacing changed.
+/// Reads the subscriber's newest transport-wide feedback into its outage, overflow and
+/// radio-loss detectors, over the regular window and then the early one. A link back from an
+/// outage restarts the subscriber's video on keyframes and its estimate near the old one. While
+/// the link overflows, str0m's pacing is held under what it delivered (the baseline,
+/// `--no-adaptation`, keeps str0m's own pacing), and when that bound lapses an estimate still far
+/// over it restarts at it; while the link loses packets at a steady round trip, str0m's estimate
+/// ignores the loss (if `tolerance`). True when the pacing changed.
 fn follow_feedback(
     id: ConnId,
     peer: &mut Peer,
