@@ -539,8 +539,17 @@ async fn after_an_outage_video_restarts_on_a_keyframe_asked_for_at_once() {
     a.set_incoming_loss(0.0);
 
     // The first frames back may be deltas: the server learns that the link is back only from
-    // the feedback on them. Then a keyframe, which the classroom (this client never asks for
-    // one) gets only because the server asked the teacher for it.
+    // the feedback on them. Then it asks the teacher for a keyframe (this client never asks for
+    // one). A keyframe sent into the outage may reach the classroom first, resent on its
+    // NACKs before the server has seen the link back: so wait for the request, not only for a
+    // keyframe.
+    teacher
+        .wait_for(
+            "the teacher asked for a keyframe after the outage",
+            Duration::from_millis(1500),
+            |s| (s.keyframe_requests > asked_before).then_some(()),
+        )
+        .await;
     let keyframe = a
         .wait_for("a keyframe after the outage", Duration::from_secs(5), |s| {
             s.received

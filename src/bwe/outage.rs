@@ -124,16 +124,14 @@ impl OutageWatch {
         };
         let age = |t: Instant| now.saturating_duration_since(t);
         let unreported_since = times.oldest_unreported.filter(|&t| age(t) >= SILENCE);
-        let silent = age(last_report) >= SILENCE && unreported_since.is_some();
-        let late = feedback.filter(|fb| is_outage(fb));
-        if silent || late.is_some() {
-            let since = match (late, unreported_since) {
-                (Some(fb), _) => now.checked_sub(fb.rtt).unwrap_or(now),
-                (None, Some(t)) => t,
-                (None, None) => now,
-            };
-            let out_since = self.out_since.get_or_insert(since);
-            *out_since = (*out_since).min(since);
+        // Out since the send of what a late reading covers, or of the oldest unreported packet
+        // while reports are silent.
+        let late_since = feedback
+            .filter(|fb| is_outage(fb))
+            .map(|fb| now.checked_sub(fb.rtt).unwrap_or(now));
+        let silent_since = unreported_since.filter(|_| age(last_report) >= SILENCE);
+        if let Some(since) = late_since.or(silent_since) {
+            self.out_since = Some(self.out_since.map_or(since, |out| out.min(since)));
             return false;
         }
         if unreported_since.is_some() {

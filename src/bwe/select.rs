@@ -721,10 +721,13 @@ mod tests {
     #[test]
     fn a_restart_waits_for_a_keyframe_asked_for_at_once() {
         let t0 = Instant::now();
-        let mut s = flowing(t0, 1);
+        let mut s = LayerSelector::new(2, &no_grace());
+        s.on_allocation(t0, full(1));
+        // The keyframe that started the picture was asked for at t0: the next request would
+        // wait out the keyframe interval.
+        assert!(s.keyframe_request(t0).is_some());
+        assert!(s.on_frame(key(1)).switched);
         assert!(s.on_frame(delta(1, 0)).forward);
-        let throttled = t0 + ms(100);
-        s.keyframe_request(throttled);
         // The link is back from an outage: the decoder has nothing to build on.
         let back = t0 + ms(200);
         s.restart(back);

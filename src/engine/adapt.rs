@@ -614,9 +614,15 @@ fn recover_from_outage(
     };
     tracing::debug!(%id, ?feedback, restore, "link back from an outage: estimate restored");
     peer.overflow.lift();
-    peer.rtc.bwe().reset(Bitrate::bps(restore));
-    peer.estimate_bps = Some(restore);
+    restart_estimate(peer, restore);
     true
+}
+
+/// str0m's estimator starts again from `bps`, and so does this subscriber's copy of it (str0m
+/// reports the new estimate only at its next change).
+fn restart_estimate(peer: &mut Peer, bps: u64) {
+    peer.rtc.bwe().reset(Bitrate::bps(bps));
+    peer.estimate_bps = Some(bps);
 }
 
 /// Every video track this subscriber receives waits for a fresh keyframe, asked for at once,
@@ -642,8 +648,7 @@ fn restart_after_bound(id: ConnId, peer: &mut Peer, lapsed: u64) {
         return;
     };
     tracing::debug!(%id, restart, estimate = ?peer.estimate_bps, "bound lapsed: estimate restarted at it");
-    peer.rtc.bwe().reset(Bitrate::bps(restart));
-    peer.estimate_bps = Some(restart);
+    restart_estimate(peer, restart);
 }
 
 /// Holds str0m's pacing under what the overflowing link delivered (only when adapting), or lifts
