@@ -113,6 +113,10 @@ struct ServeArgs {
     /// Let loss cut the estimate even at a steady round trip (radio loss); for comparison runs.
     #[arg(long)]
     no_loss_tolerance: bool,
+    /// Probe toward the next layer of a subscriber short of it while its link is calm
+    /// (`bwe::climb`); off by default, for comparison runs.
+    #[arg(long)]
+    climb_probes: bool,
     /// A camera layer running at under this share of its lowest layer's frame rate is not
     /// offered (its encoder starves it); 0: always offered.
     #[arg(long, default_value_t = 0.6)]
@@ -207,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
                     retransmit_share_cap: args.retransmit_share_cap.clamp(0.05, 1.0),
                     video_fec: !args.no_video_fec,
                     loss_tolerance: !args.no_loss_tolerance,
+                    climb_probes: args.climb_probes,
                     choppy_ratio: args.choppy_ratio.clamp(0.0, 1.0),
                     ..Default::default()
                 },

@@ -31,6 +31,21 @@ async fn teacher(srv: &server::RunningServer) -> TestClient {
 }
 
 /// The demo lesson's classroom `i`, joined by code.
+/// A teacher whose client sends a keyframe only when asked (its first frame aside), so that a
+/// test can tell the server's requests.
+async fn teacher_sending_keyframes_when_asked(srv: &server::RunningServer) -> TestClient {
+    TestClient::connect_with(
+        srv.http_addr,
+        common::join_as_teacher(srv),
+        &TEACHER_LAYERS,
+        common::ClientOptions {
+            keyframe_every: u64::MAX,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 async fn classroom(srv: &server::RunningServer, i: usize) -> TestClient {
     TestClient::connect(
         srv.http_addr,
@@ -517,17 +532,7 @@ async fn after_an_outage_video_restarts_on_a_keyframe_asked_for_at_once() {
     let srv = server::start(ServerConfig::ephemeral())
         .await
         .expect("server starts");
-    // The teacher sends keyframes only when asked (its first frame aside).
-    let teacher = TestClient::connect_with(
-        srv.http_addr,
-        common::join_as_teacher(&srv),
-        &TEACHER_LAYERS,
-        common::ClientOptions {
-            keyframe_every: u64::MAX,
-            ..Default::default()
-        },
-    )
-    .await;
+    let teacher = teacher_sending_keyframes_when_asked(&srv).await;
     let a = classroom(&srv, 0).await;
     let mid = a.wait_video_from("c-central-1").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -567,4 +572,36 @@ async fn after_an_outage_video_restarts_on_a_keyframe_asked_for_at_once() {
         teacher.state.lock().unwrap().keyframe_requests > asked_before,
         "the teacher was asked for it"
     );
+}
+
+/// A packet the classroom asks for after it has left the retransmission history can never be
+/// repaired. The server asks the teacher for a keyframe on the classroom's behalf at once,
+/// rather than leave it to the browser, which asks only after seconds of frames it cannot
+/// decode (and whose request may be lost on its own weak uplink).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_gone_from_the_history_brings_a_keyframe_asked_for_the_classroom() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut config = ServerConfig::ephemeral();
+    // No adaptation: no layer switch asks for a keyframe. A 1 ms history: every NACK comes
+    // too late to be answered.
+    config.adaptation = false;
+    config.tuning.retransmit_window = Duration::from_millis(1);
+    let srv = server::start(config).await.expect("server starts");
+    let teacher = teacher_sending_keyframes_when_asked(&srv).await;
+    let a = classroom(&srv, 0).await;
+    a.wait_video_from("c-central-1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let asked_before = teacher.state.lock().unwrap().keyframe_requests;
+
+    // This client NACKs what it lost and never asks for a keyframe itself.
+    a.set_incoming_loss(0.2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.set_incoming_loss(0.0);
+    teacher
+        .wait_for(
+            "a keyframe asked for on the classroom's behalf",
+            Duration::from_millis(1500),
+            |s| (s.keyframe_requests > asked_before).then_some(()),
+        )
+        .await;
 }

@@ -11,12 +11,15 @@
 //! - [`dynacast`]: which layers a publisher encodes: those its subscribers take.
 //! - [`outage`]: a link back from carrying nothing restarts near its old estimate, and its
 //!   video on a fresh keyframe.
+//! - [`climb`]: probes toward the allocation's next step while the link is calm, backing off
+//!   while they fail.
 //!
 //! One estimate update runs `rates` → `allocate` → `select::LayerSelector::on_allocation`; every
 //! forwarded frame runs `LayerSelector::on_frame`; `LayerSelector::keyframe_request` goes through
 //! `KeyframeThrottle::request` before a PLI reaches the publisher.
 
 pub mod allocate;
+pub mod climb;
 pub mod dynacast;
 pub mod keyframe;
 pub mod outage;
@@ -33,6 +36,7 @@ pub use allocate::{
     allocate, Allocation, LayerBitrate, LayerChoice, Priority, TrackAllocation, TrackDemand,
     ALL_TEMPORAL,
 };
+pub use climb::ClimbProbe;
 pub use dynacast::Dynacast;
 pub use keyframe::{keyframe_needed, KeyframeThrottle};
 pub use outage::{FeedbackTimes, OutageRecovery, OutageWatch};
@@ -112,6 +116,13 @@ pub struct Tuning {
     /// Whether loss at a steady round trip (radio loss) is kept from cutting the estimate
     /// (`radio_loss`). On by default; off only to measure what it does.
     pub loss_tolerance: bool,
+    /// Whether a subscriber short of its next layer gets probes toward it (`climb`). Off by
+    /// default: over session 13's runs it showed no gain in freeze or climb time (the start-up
+    /// slump it was meant for turned out to be str0m's smoothing, patched since), and one run of
+    /// the real-Chromium collapse test with it stayed on the lowest layer for 22 s after the
+    /// link came back (not traced: its probes may keep str0m's periodic ALR probe, which waits
+    /// 5 s after any probe, from coming).
+    pub climb_probes: bool,
     /// A camera's higher simulcast layer is not offered while it runs at under this share of
     /// its lowest layer's frame rate (`LayerRates::choppy`): its encoder is starving it. 0.6:
     /// the teacher's 1280 px layer of a detailed picture at 1 Mbit/s runs at 10 of 30 fps, and
@@ -139,6 +150,7 @@ impl Default for Tuning {
             backlog_brake: Duration::from_millis(250),
             video_fec: true,
             loss_tolerance: true,
+            climb_probes: false,
             choppy_ratio: 0.6,
         }
     }

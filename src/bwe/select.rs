@@ -149,6 +149,11 @@ impl LayerSelector {
         })
     }
 
+    /// Whether a switch (or a restart) waits for a keyframe; it asks for one itself.
+    pub fn is_waiting(&self) -> bool {
+        self.waiting_since.is_some()
+    }
+
     /// Whether `layer` is the spatial layer flowing now.
     pub fn is_current(&self, layer: u8) -> bool {
         self.current == Some(layer)

@@ -196,6 +196,7 @@ impl Engine {
             return;
         };
         peer.red_depth = red_depth;
+        peer.next_step_bps = allocation.as_ref().and_then(|a| a.next_step_bps);
         // The stream stays in ULPFEC mode while the loss calls for FEC, even when the budget
         // leaves none for a while: the mode changes with the link, the rate with the allocation.
         let fec_mode = allocation.is_some() && fec_on;
@@ -370,6 +371,12 @@ impl Engine {
             let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) else {
                 continue;
             };
+            if adaptation && self.tuning.climb_probes && climb(id, peer, now) {
+                self.mark_dirty(id);
+            }
+            let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) else {
+                continue;
+            };
             let mut asks = Vec::new();
             for sub in &mut peer.subscribed {
                 let Some(video) = sub.video.as_mut() else {
@@ -378,12 +385,30 @@ impl Engine {
                 if video.selector.poll_timeout().is_some_and(|t| t <= now) {
                     video.selector.handle_timeout(now);
                 }
+                // The browser asked again for a packet that has left the retransmission history:
+                // its picture cannot be repaired, and it would go on asking (ten times a round
+                // trip on Chromium) before it asks for a keyframe, if that request gets through.
+                // Ask on its behalf now, through the shared throttle. Taken every tick, so that
+                // what was asked while a keyframe was awaited anyway does not count later.
+                let expired = sub.state.mid().map_or(0, |mid| {
+                    peer.rtc
+                        .direct_api()
+                        .stream_tx_by_mid(mid, None)
+                        .map_or(0, |tx| tx.take_expired_nacks())
+                });
                 if let Some(req) = video.selector.keyframe_request(now) {
-                    asks.push((sub.key, sub.track_id, req));
+                    asks.push((sub.key, sub.track_id, req.layer, req.waiting_since));
+                } else if let Some(current) = video
+                    .selector
+                    .current()
+                    .filter(|_| expired > 0 && !video.selector.is_waiting())
+                {
+                    tracing::debug!(%id, mid = ?sub.state.mid(), expired, "keyframe for packets gone from the history");
+                    asks.push((sub.key, sub.track_id, current.layer, now));
                 }
             }
-            for (key, track_id, req) in asks {
-                self.ask_keyframe(key, track_id, req.layer, req.waiting_since, now);
+            for (key, track_id, layer, waiting_since) in asks {
+                self.ask_keyframe(key, track_id, layer, waiting_since, now);
             }
         }
         self.dynacast(now);
@@ -544,6 +569,7 @@ fn follow_feedback(
         tracing::debug!(%id, ?feedback, "link back from an outage: video restarts on keyframes");
         restart_video(peer, now);
     }
+    peer.calm = false;
     if adaptation && recover_from_outage(id, peer, now, feedback.as_ref()) {
         apply_pacing_cap(peer, adaptation);
         return true;
@@ -567,6 +593,9 @@ fn follow_feedback(
     // right after a collapse still counts arrivals at the old rate.
     let early = adaptation && read_early_feedback(id, peer, now);
     let overflowing = peer.overflow.cap_bps().is_some();
+    peer.calm = !overflowing
+        && queue.is_some_and(|q| q < overflow::QUEUE_GROWTH)
+        && peer.fec_link.loss() < FRAGILE_LOSS;
     let tolerant = peer
         .radio_loss
         .on_feedback(now, feedback.as_ref(), queue, overflowing)
@@ -577,6 +606,22 @@ fn follow_feedback(
         peer.rtc.bwe().set_loss_tolerant(tolerant);
     }
     apply_pacing_cap(peer, adaptation) || early
+}
+
+/// A probe toward the allocation's next step, when `bwe::climb` calls for one. True when it did.
+fn climb(id: ConnId, peer: &mut Peer, now: Instant) -> bool {
+    let Some(estimate) = peer.estimate_bps else {
+        return false;
+    };
+    let Some(target) = peer
+        .climb
+        .on_tick(now, estimate, peer.next_step_bps, peer.calm)
+    else {
+        return false;
+    };
+    tracing::debug!(%id, estimate, target, "probe toward the next step");
+    peer.rtc.bwe().request_probe(Bitrate::bps(target));
+    true
 }
 
 /// An early reading of the subscriber's newest sends ([`overflow::EARLY_WINDOW`]); when it shows

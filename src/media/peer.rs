@@ -158,6 +158,12 @@ pub struct Peer {
     pub outage: crate::bwe::OutageRecovery,
     /// Tells when the link is back from an outage, for the video to restart on keyframes.
     pub outage_watch: crate::bwe::OutageWatch,
+    /// Probes toward the allocation's next step (`bwe::climb`).
+    pub climb: crate::bwe::ClimbProbe,
+    /// The allocation's next step: the estimate at which one more layer would fit.
+    pub next_step_bps: Option<u64>,
+    /// At the last feedback reading: no overflow, no standing queue, little loss.
+    pub calm: bool,
     /// The pacing bound handed to str0m while the link overflows (see `bwe::overflow::pacing_cap`).
     pub pacing_cap: Option<u64>,
     /// The standing queue each feedback reading shows (for the two detectors around it).
@@ -207,6 +213,9 @@ impl Peer {
             overflow: Default::default(),
             outage: Default::default(),
             outage_watch: Default::default(),
+            climb: Default::default(),
+            next_step_bps: None,
+            calm: false,
             pacing_cap: None,
             queue: Default::default(),
             radio_loss: Default::default(),

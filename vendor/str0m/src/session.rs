@@ -1438,6 +1438,13 @@ impl Session {
         self.twcc_tx_register.oldest_unreported_send()
     }
 
+    /// tongbu patch: see [`crate::bwe::Bwe::request_probe`].
+    pub fn request_bwe_probe(&mut self, target: Bitrate) {
+        if let Some(bwe) = self.bwe.as_mut() {
+            bwe.request_probe(target);
+        }
+    }
+
     pub fn set_bwe_bitrate(&mut self, minimum: Bitrate, desired: Bitrate) {
         if let Some(bwe) = self.bwe.as_mut() {
             bwe.set_bitrate(minimum, desired);

@@ -139,6 +139,19 @@ impl<'a> Bwe<'a> {
         m.no_events();
     }
 
+    /// (tongbu patch) Probe toward `target` once, soon: padding at up to twice the estimate,
+    /// like an allocation probe, if the estimator may probe now (not while it is congested, not
+    /// during its initial probes, not when the estimate already reaches `target`). For an
+    /// application short of a rate it knows is worth finding: the next layer of a subscriber
+    /// that sends under its estimate, so neither the rate control's growth (at most 1.5× what is
+    /// acked) nor an ALR probe (only while sending under 65 % of it) reaches it soon.
+    pub fn request_probe(&mut self, target: Bitrate) {
+        let mut m = self.0.mutate();
+        m.session.request_bwe_probe(target);
+        // Like set_bitrate: the probe goes out from the timeout path.
+        m.no_events();
+    }
+
     /// Reset the BWE with a new init_bitrate
     ///
     /// This discards the current estimator state and starts estimation again

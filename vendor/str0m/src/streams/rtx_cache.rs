@@ -42,6 +42,11 @@ impl RtxCache {
         Some(self.packet_by_seq_no.last_position()?.into())
     }
 
+    /// tongbu patch: sequence numbers under this are no longer cached (expired or overwritten).
+    pub fn oldest_held_seq_no(&self) -> Option<SeqNo> {
+        Some(self.packet_by_seq_no.oldest_held_position()?.into())
+    }
+
     pub fn get_cached_packet_by_seq_no(&mut self, seq_no: SeqNo) -> Option<&mut RtpPacket> {
         self.packet_by_seq_no.get_mut(*seq_no)
     }

@@ -244,6 +244,17 @@ impl<T> EvictingBuffer<T> {
         self.last_position
     }
 
+    /// tongbu patch: no position older than this is held any more: it was evicted for its age,
+    /// or overwritten once the buffer reached its largest size.
+    pub fn oldest_held_position(&self) -> Option<u64> {
+        if self.is_inert() {
+            return None;
+        }
+        let last = self.last_position?;
+        let by_size = (last + 1).saturating_sub(self.buf.len() as u64);
+        Some(self.next_evict.unwrap_or(0).max(by_size))
+    }
+
     pub fn last(&self) -> Option<&T> {
         if self.is_inert() {
             return None;

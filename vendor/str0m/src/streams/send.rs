@@ -136,6 +136,9 @@ pub struct StreamTx {
     /// Scheduled resends due to NACK or spurious padding.
     resends: VecDeque<Resend>,
 
+    /// tongbu patch: NACKed packets no longer in the cache (`take_expired_nacks`).
+    expired_nacks: u64,
+
     /// Requested padding, that has not been turned into packets yet.
     padding: usize,
 
@@ -393,6 +396,7 @@ impl StreamTx {
             queue_info: None,
             unpaced: None,
             resends: VecDeque::new(),
+            expired_nacks: 0,
             padding: 0,
             blank_packet: RtpPacket::blank(),
             rtx_cache: RtxCache::new(2000, DEFAULT_RTX_CACHE_DURATION),
@@ -450,6 +454,13 @@ impl StreamTx {
     /// This is used to separate streams with the same [`Mid`] when using simulcast.
     pub fn rid(&self) -> Option<Rid> {
         self.midrid.rid()
+    }
+
+    /// Packets the receiver asked for (NACK) that had left the retransmission cache, since the
+    /// last call (tongbu patch). The receiver will never get them from us: unless a keyframe
+    /// comes, its decoder waits until it gives up asking, seconds on a long round trip.
+    pub fn take_expired_nacks(&mut self) -> u64 {
+        std::mem::take(&mut self.expired_nacks)
     }
 
     /// Drops every packet not yet sent, every resend waiting, and the retransmission cache
@@ -1214,12 +1225,18 @@ impl StreamTx {
         // Turning NackEntry into SeqNo we need to know a SeqNo "close by" to lengthen the 16 bit
         // sequence number into the 64 bit we have in SeqNo.
         let seq_no = self.rtx_cache.last_cached_seq_no()?;
+        let oldest_held = self.rtx_cache.oldest_held_seq_no();
         let iter = entries.flat_map(|n| n.into_iter(seq_no));
 
         // Schedule all resends. They will be handled on next poll_packet
         for seq_no in iter {
             let Some(packet) = self.rtx_cache.get_cached_packet_by_seq_no(seq_no) else {
                 // Packet was not available in RTX cache, it has probably expired.
+                // tongbu patch: counted when it surely has (a missing one in the held range was
+                // never cached: a FEC packet, say).
+                if oldest_held.is_some_and(|oldest| seq_no < oldest) {
+                    self.expired_nacks += 1;
+                }
                 continue;
             };
 
@@ -1694,6 +1711,51 @@ mod test {
         assert_eq!(*next.seq_no, 3);
         assert_eq!(next.header.ext_vals.transport_cc, Some(9));
         assert_eq!(twcc, 10);
+    }
+
+    #[test]
+    fn a_nack_for_a_packet_gone_from_the_cache_is_counted() {
+        // tongbu patch: the forwarder asks for a keyframe on the receiver's behalf when a NACK
+        // can no longer be answered. A packet missing inside the cached range was never cached
+        // (a FEC packet, here an unmarked one) and is not counted.
+        let start = Instant::now();
+        let codecs = CodecConfig::new_with_defaults();
+        let pt = codecs
+            .params()
+            .iter()
+            .find(|p| p.resend().is_some())
+            .expect("a codec with RTX")
+            .pt();
+        let exts = ExtensionMap::standard();
+        let mut stream = StreamTx::new(
+            42.into(),
+            Some(43.into()),
+            MidRid("vid".into(), None),
+            false,
+            1200,
+        );
+        stream.set_rtx_cache(128, Duration::from_millis(500), None);
+        let mut buf = vec![];
+        let mut now = start;
+        for i in 0..60_u64 {
+            now = start + Duration::from_millis(20 * i);
+            let write = RtpWrite::new(pt, i.into(), 0, now, vec![0_u8; 500]).nackable(i != 50);
+            stream.write_rtp(write);
+            stream.send_queue.handle_timeout(now);
+            stream
+                .poll_packet(now, &exts, None, codecs.params(), &mut buf)
+                .expect("a packet to send");
+        }
+        // At 1.18 s what went out before 0.68 s has expired: 5 and 6 of these.
+        let nacks = [
+            NackEntry { pid: 5, blp: 1 },
+            NackEntry { pid: 50, blp: 0 },
+            NackEntry { pid: 55, blp: 0 },
+        ];
+        stream.handle_nack(nacks.into_iter(), now);
+        assert_eq!(stream.take_expired_nacks(), 2);
+        assert_eq!(stream.take_expired_nacks(), 0, "taken");
+        assert_eq!(stream.resends.len(), 1, "55 is resent");
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct ProbeControl {
     next_timeout: Instant,
     enabled: bool,
 
+    /// tongbu patch: a probe the application asked for (`request_probe`).
+    requested: Option<Bitrate>,
     desired_bitrate: Option<Bitrate>,
     prev_desired: Option<Bitrate>,
 
@@ -102,6 +104,7 @@ impl Default for ProbeControl {
             config: Config::default(),
             enabled: false,
             next_timeout: not_happening(),
+            requested: None,
             desired_bitrate: None,
             prev_desired: None,
             last_estimate: None,
@@ -134,6 +137,7 @@ impl ProbeControl {
         } else if self.enabled && !v {
             self.enabled = false;
             self.pending.clear();
+            self.requested = None;
             self.last_estimate = None;
             self.desired_bitrate = None;
             self.prev_desired = None;
@@ -154,6 +158,15 @@ impl ProbeControl {
             return;
         }
         self.desired_bitrate = Some(v);
+        self.request_immediate();
+    }
+
+    /// tongbu patch: probe toward `target` at the next timeout, capped at twice the estimate
+    /// like an allocation probe. For an application that knows a rate worth finding: the next
+    /// layer its allocation is short of, while the sender stays under the estimate (so no ALR
+    /// probe comes) and the rate control may grow only to 1.5× what is acked.
+    pub fn request_probe(&mut self, target: Bitrate) {
+        self.requested = Some(target);
         self.request_immediate();
     }
 
@@ -241,11 +254,16 @@ impl ProbeControl {
 
         // Can't probe in certain bandwidth-limited states.
         if !self.can_probe(estimate) {
+            // tongbu patch: a request is dropped; the application asks again.
+            if let Some(target) = self.requested.take() {
+                trace!(%target, cause = ?self.last_cause, "requested probe dropped");
+            }
             return None;
         }
 
         // Try each probe type in order - only one fires per timeout.
         let _ = self.maybe_initial(now, desired, estimate)
+            || self.maybe_requested(now, desired, estimate)
             || self.maybe_exponential(now, desired, estimate)
             || self.maybe_allocation(now, desired, prev_desired, estimate)
             || self.maybe_large_drop(now, desired, estimate)
@@ -376,6 +394,24 @@ impl ProbeControl {
             self.queue_probe(p2, kind, desired, now);
         }
 
+        true
+    }
+
+    /// tongbu patch: the probe the application asked for, if the estimate is short of it.
+    /// Taken here whatever comes of it: the application asks again when it wants to.
+    fn maybe_requested(&mut self, now: Instant, desired: Bitrate, estimate: Bitrate) -> bool {
+        let Some(target) = self.requested.take() else {
+            return false;
+        };
+        if self.is_during_initial(now) || target <= estimate {
+            trace!(%target, %estimate, "requested probe dropped");
+            return false;
+        }
+        let limit = estimate * self.config.allocation_probe_limit_by_current_scale;
+        let kind = ProbeKind::Allocation {
+            in_alr: self.in_alr(),
+        };
+        self.queue_probe(target.min(limit), kind, desired.max(target), now);
         true
     }
 
@@ -545,6 +581,7 @@ impl ProbeControl {
         }
 
         let cluster_id = self.next_cluster_id.inc();
+        trace!(?kind, %bitrate, %desired, "probe queued");
 
         let config = ProbeClusterConfig::new(cluster_id, bitrate, kind)
             .with_min_packet_count(self.config.min_probe_packets_sent)
@@ -865,6 +902,37 @@ mod test {
             assert_eq!(probe.is_alr_probe(), in_alr);
             assert!(pc.handle_timeout(now).is_none(), "only one capped probe");
         }
+    }
+
+    #[test]
+    fn a_requested_probe_goes_out_once_capped_at_twice_the_estimate() {
+        // tongbu patch: desired stays at 500 kbit/s (no allocation probe); the application asks.
+        let (mut pc, now) = allocation_probe_fixture(false);
+        pc.set_desired_bitrate(Bitrate::kbps(500));
+        assert!(pc.handle_timeout(now).is_none(), "no rise, no probe");
+        pc.request_probe(Bitrate::kbps(700));
+        assert!(pc.poll_timeout() <= now, "at once");
+        let probe = pc.handle_timeout(now).expect("the requested probe");
+        assert_eq!(probe.target_bitrate(), Bitrate::kbps(700));
+        assert!(pc.handle_timeout(now).is_none(), "once");
+        pc.request_probe(Bitrate::mbps(3));
+        let probe = pc.handle_timeout(now).expect("the requested probe");
+        assert_eq!(
+            probe.target_bitrate(),
+            Bitrate::mbps(1),
+            "twice the estimate"
+        );
+        // Nothing to find under the estimate; and congestion blocks it (the request is dropped).
+        pc.request_probe(Bitrate::kbps(400));
+        assert!(pc.handle_timeout(now).is_none());
+        pc.set_estimated_bitrate(
+            Bitrate::kbps(400),
+            BandwidthLimitedCause::DelayBasedLimitedDelayIncreased,
+        );
+        pc.request_probe(Bitrate::kbps(700));
+        assert!(pc.handle_timeout(now).is_none());
+        pc.set_estimated_bitrate(Bitrate::kbps(400), BandwidthLimitedCause::DelayBasedLimited);
+        assert!(pc.handle_timeout(now).is_none(), "not replayed later");
     }
 
     #[test]
