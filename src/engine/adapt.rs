@@ -368,10 +368,14 @@ impl Engine {
                 self.mark_dirty(id);
             }
             self.reallocate(id, now);
-            let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) else {
-                continue;
-            };
-            if adaptation && self.tuning.climb_probes && climb(id, peer, now) {
+            let climbed = adaptation
+                && self.tuning.climb_probes
+                && self
+                    .conns
+                    .get_mut(&id)
+                    .and_then(|c| c.peer.as_mut())
+                    .is_some_and(|peer| climb(id, peer, now));
+            if climbed {
                 self.mark_dirty(id);
             }
             let Some(peer) = self.conns.get_mut(&id).and_then(|c| c.peer.as_mut()) else {
@@ -386,8 +390,9 @@ impl Engine {
                     video.selector.handle_timeout(now);
                 }
                 // The browser asked again for a packet that has left the retransmission history:
-                // its picture cannot be repaired, and it would go on asking (ten times a round
-                // trip on Chromium) before it asks for a keyframe, if that request gets through.
+                // its picture cannot be repaired, and Chromium would go on asking (up to ten
+                // times, a round trip apart) before it asks for a keyframe, if that request gets
+                // through its own lossy uplink.
                 // Ask on its behalf now, through the shared throttle. Taken every tick, so that
                 // what was asked while a keyframe was awaited anyway does not count later.
                 let expired = sub.state.mid().map_or(0, |mid| {
