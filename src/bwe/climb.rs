@@ -2,10 +2,10 @@
 //! fit), so that a subscriber held under its link climbs in seconds rather than at the rate
 //! control's pace.
 //!
-//! A subscriber on a lower layer sends under its estimate without leaving it unused enough for
-//! str0m's ALR probes (those need sending under 65 % of it), and its rate control grows to at
-//! most 1.5× what is acked. On a 1 Mbit/s village link whose estimate fell to 300 kbit/s at the
-//! start, the classroom stayed on 320 px for 10–20 s, until str0m's 15 s stagnation probe. LiveKit
+//! A subscriber on a lower layer sends under its estimate, and its rate control grows to at
+//! most 1.5× what is acked; str0m's own periodic probe comes only while it sends under 65 % of
+//! the estimate, and 5 s after any other probe. After a collapse, a recovered 2 Mbit/s link's
+//! estimate stayed at 675 kbit/s for ~5 s while the classroom sent on 320 px. LiveKit
 //! probes toward the next layer whenever its allocation is short and the channel is calm, and
 //! backs off when probes fail; so does this. Pure logic: time and readings in, a probe target out.
 

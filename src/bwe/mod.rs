@@ -119,7 +119,7 @@ pub struct Tuning {
     /// Whether a subscriber short of its next layer gets probes toward it (`climb`). Off by
     /// default: over session 13's runs it showed no gain in freeze or climb time (the start-up
     /// slump it was meant for turned out to be str0m's smoothing, patched since), and one run of
-    /// the real-Chromium collapse test with it stayed on the lowest layer for 22 s after the
+    /// the real-Chromium collapse test with it stayed on the lowest layer for 24 s after the
     /// link came back (not traced: its probes may keep str0m's periodic ALR probe, which waits
     /// 5 s after any probe, from coming).
     pub climb_probes: bool,
