@@ -92,7 +92,10 @@ fn run_in_chromium(scenario: Scenario) {
         schedule: scenario.schedule,
         measure_from_s: scenario.measure_from_s,
         end_s: scenario.end_s,
-        serve_args: vec![],
+        // Extra `tongbu serve` flags for a one-off experiment (e.g. `--climb-probes`).
+        serve_args: std::env::var("TONGBU_SERVE_ARGS")
+            .map(|args| args.split_whitespace().map(String::from).collect())
+            .unwrap_or_default(),
         tongbu_bin: &tongbu,
         linkem_bin: &linkem,
         y4m: &y4m,

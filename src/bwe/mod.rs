@@ -120,8 +120,10 @@ pub struct Tuning {
     /// default: over session 13's runs it showed no gain in freeze or climb time (the start-up
     /// slump it was meant for turned out to be str0m's smoothing, patched since), and one run of
     /// the real-Chromium collapse test with it stayed on the lowest layer for 24 s after the
-    /// link came back (not traced: its probes may keep str0m's periodic ALR probe, which waits
-    /// 5 s after any probe, from coming).
+    /// link came back (not traced; a likely reading is the stale "overuse" cause that held
+    /// str0m's probes under a flat estimate, patched in session 14). Session 14 measured it
+    /// again, probing every 1.5-2.5 s: no gain; str0m's allocation probes find a recovered
+    /// link first.
     pub climb_probes: bool,
     /// A camera's higher simulcast layer is not offered while it runs at under this share of
     /// its lowest layer's frame rate (`LayerRates::choppy`): its encoder is starving it. 0.6:

@@ -39,6 +39,10 @@ const LOSS_PRESENT: f32 = 0.02;
 /// estimate 10 % lower; a radio link's bursts come back within seconds.
 const LOSS_MEMORY: Duration = Duration::from_secs(10);
 
+/// How long a link must have shown radio loss before it counts as a radio link
+/// ([`RadioLoss::radio_lossy`]).
+const LOSSY_FOR: Duration = Duration::from_secs(3);
+
 /// Per subscriber; see the module documentation.
 #[derive(Debug, Clone, Default)]
 pub struct RadioLoss {
@@ -49,6 +53,8 @@ pub struct RadioLoss {
     loss: f32,
     /// The last reading with radio loss (loss, no standing queue).
     lossy_at: Option<Instant>,
+    /// The first such reading after none for `LOSS_MEMORY`.
+    lossy_since: Option<Instant>,
 }
 
 impl RadioLoss {
@@ -83,10 +89,32 @@ impl RadioLoss {
                 self.calm_since = Some(now);
             }
             if fb.loss >= LOSS_PRESENT {
+                if !self.recently_lossy(now) {
+                    self.lossy_since = Some(now);
+                }
                 self.lossy_at = Some(now);
             }
         }
         self.tolerant(now)
+    }
+
+    /// Whether the link has been losing packets with no queue standing for `LOSSY_FOR` (3 s)
+    /// or more, and did within `LOSS_MEMORY` (10 s), tolerated or not: a queue that stands ends
+    /// tolerance, not the radio's bursts. The overflow detector's early reading stays off while
+    /// it is ([`super::OverflowDetector::set_radio_lossy`]): on the bursty profile a burst read
+    /// as a collapse 1.2 s after a standing queue (a larger layer) had ended tolerance. Not a
+    /// single reading: a collapse's first one can show loss before the queue shows (5.7 % with
+    /// 1 ms of queue, in a collapse run whose early reading that then kept off came 1.45 s late).
+    pub fn radio_lossy(&self, now: Instant) -> bool {
+        self.recently_lossy(now)
+            && self
+                .lossy_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= LOSSY_FOR)
+    }
+
+    fn recently_lossy(&self, now: Instant) -> bool {
+        self.lossy_at
+            .is_some_and(|at| now.saturating_duration_since(at) < LOSS_MEMORY)
     }
 
     fn tolerant(&self, now: Instant) -> bool {
@@ -204,5 +232,24 @@ mod tests {
         assert!(reading(&mut d, t3, 0.1, 0, false));
         assert!(readings(&mut d, t3 + MS(200), 9, 0.0, 0));
         assert!(!reading(&mut d, t3 + LOSS_MEMORY, 0.0, 0, false));
+    }
+
+    #[test]
+    fn radio_loss_is_remembered_through_a_standing_queue() {
+        let t0 = Instant::now();
+        let mut d = RadioLoss::default();
+        assert!(!d.radio_lossy(t0));
+        // One lossy reading is not a radio link: a collapse can start so.
+        reading(&mut d, t0, 0.06, 1, false);
+        assert!(!d.radio_lossy(t0 + MS(200)));
+        readings(&mut d, t0 + MS(200), 4, 0.14, 2);
+        let t1 = t0 + MS(4200);
+        assert!(d.radio_lossy(t1));
+        // A larger layer fills the link: a queue stands, tolerance ends, the radio is the same.
+        reading(&mut d, t1, 0.06, 35, false);
+        assert!(!reading(&mut d, t1 + MS(200), 0.06, 40, false));
+        assert!(d.radio_lossy(t1 + MS(200)));
+        // Ten seconds with no loss outside a queue forget it.
+        assert!(!d.radio_lossy(t1 + LOSS_MEMORY));
     }
 }

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use super::{LayerChoice, Tuning, ALL_TEMPORAL};
 
-/// Forward every temporal layer.
 /// The hold doubles at most this many times before the cap (3 s × 2⁴ is far above any sane cap).
 const MAX_BACKOFF_DOUBLINGS: u32 = 4;
 

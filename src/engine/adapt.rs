@@ -605,6 +605,8 @@ fn follow_feedback(
         .radio_loss
         .on_feedback(now, feedback.as_ref(), queue, overflowing)
         && tolerance;
+    peer.overflow
+        .set_radio_lossy(peer.radio_loss.radio_lossy(now));
     if tolerant != peer.loss_tolerant {
         tracing::debug!(%id, tolerant, ?feedback, ?queue, "radio-loss tolerance");
         peer.loss_tolerant = tolerant;

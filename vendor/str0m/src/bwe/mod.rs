@@ -162,6 +162,8 @@ struct SendSideBandwidthEstimator {
     alr_detector: AlrDetector,
     link_capacity_estimator: LinkCapacityEstimator,
     last_updated_estimate: Option<Bitrate>,
+    /// tongbu patch: the cause last passed to the probe controller.
+    last_updated_cause: Option<BandwidthLimitedCause>,
     /// tongbu patch: the estimate is the delay-based one, whatever the loss controller says.
     loss_tolerant: bool,
 }
@@ -187,6 +189,7 @@ impl SendSideBandwidthEstimator {
             alr_detector,
             link_capacity_estimator: LinkCapacityEstimator::new(),
             last_updated_estimate: None,
+            last_updated_cause: None,
             loss_tolerant: false,
         }
     }
@@ -393,18 +396,28 @@ impl SendSideBandwidthEstimator {
         let Some(estimate) = self.last_estimate() else {
             return;
         };
+        // tongbu patch: the cause is passed on when it changes too, not only with a new
+        // estimate. The probe controller holds off while the delay-based detector sees overuse
+        // (the queue a probe itself builds), and an estimate that then stays flat (a sender
+        // under it, whose rate control may not grow past 1.5x what is acked) kept that cause:
+        // after a collapsed link came back, a probe result of 490 kbit/s held the estimate for
+        // 3.3 s with no probe. WebRTC calls its probe controller again whenever the loss
+        // fraction or the RTT changes, which passes on a fresh cause.
+        let cause = self.bandwidth_limited_cause();
         // Did it change?
         if self.last_updated_estimate == Some(estimate) {
-            return;
+            if self.last_updated_cause == Some(cause) {
+                return;
+            }
+            trace!(%estimate, ?cause, "probe cause changed under a flat estimate");
         }
-
-        let cause = self.bandwidth_limited_cause();
 
         self.probe_control.set_estimated_bitrate(estimate, cause);
         self.alr_detector.set_estimated_bitrate(estimate);
 
         // Don't update until this changes.
         self.last_updated_estimate = Some(estimate);
+        self.last_updated_cause = Some(cause);
     }
 
     fn bandwidth_limited_cause(&self) -> BandwidthLimitedCause {
@@ -602,6 +615,47 @@ mod test {
                     .is_none()
             );
         }
+    }
+
+    #[test]
+    fn a_changed_cause_reaches_the_probe_controller_under_a_flat_estimate() {
+        // tongbu patch: the estimate was passed on while the delay-based detector saw overuse,
+        // then stayed flat (a sender under it). The overuse is over, and probing resumes;
+        // before the patch the stale cause held every probe off until the estimate moved.
+        let start = Instant::now();
+        let desired = Bitrate::mbps(3);
+        let mut bwe = SendSideBandwidthEstimator::new(Bitrate::kbps(500));
+        while bwe.handle_timeout(desired, true, start).is_some() {} // the initial probes
+        let sent = start + Duration::from_millis(10);
+        let record = TwccSendRecord::test_new(
+            TwccPacketId::new(1u64),
+            sent,
+            240,
+            sent + Duration::from_millis(60),
+            Some(sent + Duration::from_millis(30)),
+        );
+        bwe.update(std::iter::once(&record), sent + Duration::from_millis(60));
+        let estimate = bwe.last_updated_estimate.expect("an estimate passed on");
+        let overuse = BandwidthLimitedCause::DelayBasedLimitedDelayIncreased;
+        bwe.probe_control.set_estimated_bitrate(estimate, overuse);
+        bwe.last_updated_cause = Some(overuse);
+        assert_eq!(
+            bwe.bandwidth_limited_cause(),
+            BandwidthLimitedCause::DelayBasedLimited
+        );
+
+        let probe = (1..=100_u64).find_map(|tick| {
+            let now = start + Duration::from_millis(100 * tick);
+            bwe.handle_timeout(desired, true, now)
+                .map(|probe| (now.duration_since(start), probe))
+        });
+        assert_eq!(
+            bwe.last_updated_estimate,
+            Some(estimate),
+            "the estimate stayed flat"
+        );
+        let (at, probe) = probe.expect("a probe within 10 s");
+        assert!(probe.is_alr_probe(), "{probe:?} at {at:?}");
     }
 
     #[test]
