@@ -176,11 +176,11 @@ impl OverflowDetector {
 
     /// Whether the link is known for radio loss now (loss with no queue standing lately,
     /// [`super::RadioLoss::radio_lossy`]). While it is, early readings do not bound, and a
-    /// collapse is left to two regular readings in a row. Under bursty loss (Gilbert-Elliott, 14 %, no collapse), a
-    /// burst took 55-80 % of an early window while a frame's burst queued 31-38 ms, in three of
-    /// six runs; the bound's lapse restarted the estimate at the 109-289 kbit/s the burst let
-    /// through, and video paused for 5.8 and 9 s in two of them. The regular readings just
-    /// after had seen the same loss with no queue standing.
+    /// collapse is left to two regular readings in a row. Under bursty loss (Gilbert-Elliott,
+    /// 14 %, no collapse), a burst took 55-80 % of an early window while a frame's burst queued
+    /// 31-38 ms, in three of six runs; the bound's lapse restarted the estimate at the
+    /// 109-289 kbit/s the burst let through, and video paused for 5.8 and 9 s in two of them.
+    /// The regular readings just after had seen the same loss with no queue standing.
     pub fn set_radio_lossy(&mut self, lossy: bool) {
         self.radio_lossy = lossy;
     }

@@ -104,7 +104,8 @@ impl RadioLoss {
     /// it is ([`super::OverflowDetector::set_radio_lossy`]): on the bursty profile a burst read
     /// as a collapse 1.2 s after a standing queue (a larger layer) had ended tolerance. Not a
     /// single reading: a collapse's first one can show loss before the queue shows (5.7 % with
-    /// 1 ms of queue, in a collapse run whose early reading that then kept off came 1.45 s late).
+    /// 1 ms of queue); counting it kept a collapse run's early reading off, and the classroom
+    /// reached the lowest layer 1.45 s after the drop.
     pub fn radio_lossy(&self, now: Instant) -> bool {
         self.recently_lossy(now)
             && self

@@ -400,9 +400,11 @@ impl SendSideBandwidthEstimator {
         // estimate. The probe controller holds off while the delay-based detector sees overuse
         // (the queue a probe itself builds), and an estimate that then stays flat (a sender
         // under it, whose rate control may not grow past 1.5x what is acked) kept that cause:
-        // after a collapsed link came back, a probe result of 490 kbit/s held the estimate for
-        // 3.3 s with no probe. WebRTC calls its probe controller again whenever the loss
-        // fraction or the RTT changes, which passes on a fresh cause.
+        // after a collapsed link came back, a probe result of 490 kbit/s was followed by 3.3 s
+        // with no probe (a stale overuse is the reading that fits; that run had no cause
+        // trace). With this patch's trace, one collapse run passed 55 changed causes under
+        // flat estimates. WebRTC calls its probe controller again whenever the loss fraction
+        // or the RTT changes, which passes on a fresh cause.
         let cause = self.bandwidth_limited_cause();
         // Did it change?
         if self.last_updated_estimate == Some(estimate) {
