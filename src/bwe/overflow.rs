@@ -74,9 +74,6 @@ pub struct OverflowDetector {
     /// The least rate of a bound that lapsed and has not been taken yet
     /// ([`OverflowDetector::take_lapsed`]).
     lapsed: Option<u64>,
-    /// The link loses packets with no queue standing ([`super::RadioLoss`]): early readings
-    /// do not bound ([`OverflowDetector::set_radio_lossy`]).
-    radio_lossy: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -148,16 +145,24 @@ impl OverflowDetector {
     /// An early reading of the newest sends only ([`EARLY_WINDOW`]), taken between adaptation
     /// ticks and after each regular reading (`queue` read without moving the gauge's floor).
     /// Starts a bound at once when most of them were lost behind a standing queue; otherwise
-    /// (or on a radio-lossy link) leaves everything to the regular readings. Returns true when
-    /// it started a bound.
+    /// leaves everything to the regular readings. Returns true when it started a bound.
+    ///
+    /// `radio_lossy`: the link is known for radio loss now (loss with no queue standing lately,
+    /// [`super::RadioLoss::radio_lossy`]). Then early readings do not bound, and a collapse is
+    /// left to two regular readings in a row. Under bursty loss (Gilbert-Elliott, 14 %, no
+    /// collapse), a burst took 55-80 % of an early window while a frame's burst queued
+    /// 31-38 ms, in three of six runs; the bound's lapse restarted the estimate at the
+    /// 109-289 kbit/s the burst let through, and video paused for 5.8 and 9 s in two of them.
+    /// The regular readings just after had seen the same loss with no queue standing.
     pub fn on_early_feedback(
         &mut self,
         now: Instant,
         feedback: &RecentFeedback,
         queue: Option<Duration>,
+        radio_lossy: bool,
     ) -> bool {
         // Before any regular reading there is no floor to tell a queue by.
-        let Some(floor) = self.min_rtt.filter(|_| !self.radio_lossy) else {
+        let Some(floor) = self.min_rtt.filter(|_| !radio_lossy) else {
             return false;
         };
         if self.cap.is_some_and(|b| now < b.until) {
@@ -172,17 +177,6 @@ impl OverflowDetector {
         self.cap = Some(Bound::new(delivered, now + HOLD));
         self.lapsed = None;
         true
-    }
-
-    /// Whether the link is known for radio loss now (loss with no queue standing lately,
-    /// [`super::RadioLoss::radio_lossy`]). While it is, early readings do not bound, and a
-    /// collapse is left to two regular readings in a row. Under bursty loss (Gilbert-Elliott,
-    /// 14 %, no collapse), a burst took 55-80 % of an early window while a frame's burst queued
-    /// 31-38 ms, in three of six runs; the bound's lapse restarted the estimate at the
-    /// 109-289 kbit/s the burst let through, and video paused for 5.8 and 9 s in two of them.
-    /// The regular readings just after had seen the same loss with no queue standing.
-    pub fn set_radio_lossy(&mut self, lossy: bool) {
-        self.radio_lossy = lossy;
     }
 
     /// Drops a bound (and the streak toward one): the link is known to carry more again.
@@ -319,7 +313,8 @@ mod tests {
         assert!(d.on_early_feedback(
             t0 + MS(50),
             &feedback(0.5, 167, Some(414_000)),
-            Some(MS(95))
+            Some(MS(95)),
+            false
         ));
         on(
             &mut d,
@@ -343,8 +338,7 @@ mod tests {
         let burst = feedback(0.73, 335, Some(138_000));
         let mut d = OverflowDetector::default();
         d.on_feedback(t0, Some(&feedback(0.05, 300, Some(700_000))), Some(MS(0)));
-        d.set_radio_lossy(true);
-        assert!(!d.on_early_feedback(t0 + MS(50), &burst, Some(MS(31))));
+        assert!(!d.on_early_feedback(t0 + MS(50), &burst, Some(MS(31)), true));
         assert_eq!(d.cap_bps(), None);
         // A collapse all the same: two regular readings of loss behind a standing queue.
         let overflow = feedback(0.5, 420, Some(290_000));
@@ -354,7 +348,7 @@ mod tests {
         // Without radio loss known, the same early reading bounds at once.
         let mut clean = OverflowDetector::default();
         clean.on_feedback(t0, Some(&feedback(0.0, 300, Some(700_000))), Some(MS(0)));
-        assert!(clean.on_early_feedback(t0 + MS(50), &burst, Some(MS(31))));
+        assert!(clean.on_early_feedback(t0 + MS(50), &burst, Some(MS(31)), false));
         assert_eq!(clean.cap_bps(), Some(138_000));
     }
 
@@ -474,16 +468,16 @@ mod tests {
         let mut d = OverflowDetector::default();
         let collapse = feedback(0.7, 160, Some(290_000));
         assert!(
-            !d.on_early_feedback(t0, &collapse, Some(MS(100))),
+            !d.on_early_feedback(t0, &collapse, Some(MS(100)), false),
             "no floor before a regular reading"
         );
         on(&mut d, t0, Some(&feedback(0.0, 60, Some(1_500_000))));
         // Most of the newest sends lost behind a standing queue: bounded without a second look.
-        assert!(d.on_early_feedback(t0 + MS(50), &collapse, Some(MS(100))));
+        assert!(d.on_early_feedback(t0 + MS(50), &collapse, Some(MS(100)), false));
         assert_eq!(d.cap_bps(), Some(290_000));
         // Once bounded, early readings leave it to the regular ones...
         let lower = feedback(0.8, 160, Some(200_000));
-        assert!(!d.on_early_feedback(t0 + MS(100), &lower, Some(MS(100))));
+        assert!(!d.on_early_feedback(t0 + MS(100), &lower, Some(MS(100)), false));
         assert_eq!(d.cap_bps(), Some(290_000));
         // ... and the next regular reading that still overflows is the second of a streak: it
         // moves the bound to what it saw, without starting another.
@@ -504,7 +498,7 @@ mod tests {
         let mut d = OverflowDetector::default();
         on(&mut d, t0, Some(&feedback(0.0, 300, Some(800_000))));
         let early = |d: &mut OverflowDetector, fb: RecentFeedback, queue: Option<Duration>| {
-            let started = d.on_early_feedback(t0 + MS(50), &fb, queue);
+            let started = d.on_early_feedback(t0 + MS(50), &fb, queue, false);
             assert_eq!(started, d.cap_bps().is_some());
             started
         };

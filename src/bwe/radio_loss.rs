@@ -101,7 +101,7 @@ impl RadioLoss {
     /// Whether the link has been losing packets with no queue standing for `LOSSY_FOR` (3 s)
     /// or more, and did within `LOSS_MEMORY` (10 s), tolerated or not: a queue that stands ends
     /// tolerance, not the radio's bursts. The overflow detector's early reading stays off while
-    /// it is ([`super::OverflowDetector::set_radio_lossy`]): on the bursty profile a burst read
+    /// it is ([`super::OverflowDetector::on_early_feedback`]): on the bursty profile a burst read
     /// as a collapse 1.2 s after a standing queue (a larger layer) had ended tolerance. Not a
     /// single reading: a collapse's first one can show loss before the queue shows (5.7 % with
     /// 1 ms of queue); counting it kept a collapse run's early reading off, and the classroom

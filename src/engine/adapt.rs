@@ -605,8 +605,6 @@ fn follow_feedback(
         .radio_loss
         .on_feedback(now, feedback.as_ref(), queue, overflowing)
         && tolerance;
-    peer.overflow
-        .set_radio_lossy(peer.radio_loss.radio_lossy(now));
     if tolerant != peer.loss_tolerant {
         tracing::debug!(%id, tolerant, ?feedback, ?queue, "radio-loss tolerance");
         peer.loss_tolerant = tolerant;
@@ -642,7 +640,11 @@ fn read_early_feedback(id: ConnId, peer: &mut Peer, now: Instant) -> bool {
         return false;
     }
     let queue = peer.queue.peek(&feedback);
-    if !peer.overflow.on_early_feedback(now, &feedback, queue) {
+    let radio_lossy = peer.radio_loss.radio_lossy(now);
+    if !peer
+        .overflow
+        .on_early_feedback(now, &feedback, queue, radio_lossy)
+    {
         return false;
     }
     tracing::debug!(%id, ?feedback, ?queue, "link collapses: allocation bounded early");
